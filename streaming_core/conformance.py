@@ -118,9 +118,12 @@ class StreamGoldenSet:
 
 
 @torch.no_grad()
-def compute_stream_set(root: Path) -> dict[str, torch.Tensor]:
-    """Every tensor the set's `expected` manifest lists, computed by this package."""
+def compute_stream_set(root: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor the set's `expected` manifest lists, computed by this package in float32 on `device`
+    (results on the CPU)."""
+    device = torch.device(device)
     gs = StreamGoldenSet(root)
+    gs.inputs = {k: v.to(device) for k, v in gs.inputs.items()}
     wanted: dict[str, Any] = gs.cfg["expected"]
     results: dict[str, torch.Tensor] = {}
     text = gs.inputs["text_embeds"].float()
@@ -130,7 +133,7 @@ def compute_stream_set(root: Path) -> dict[str, torch.Tensor]:
 
     def compute_case(case: str, spec: dict[str, Any], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        resampler, cam, unet = gs.build(weights)
+        resampler, cam, unet = (m.to(device) for m in gs.build(weights))
         prefix = gs.input_prefix(case, spec)
         latents = gs.inputs[f"{prefix}.latents"].float()
         t = int(spec.get("timestep", int(gs.inputs[f"{prefix}.timestep"].reshape(-1)[0])))
@@ -138,7 +141,7 @@ def compute_stream_set(root: Path) -> dict[str, torch.Tensor]:
         tokens = resampler(image)
         context = torch.cat([text, tokens], dim=1)
         out["resampler_tokens"], out["context"] = tokens, context
-        timestep = torch.tensor([t])
+        timestep = torch.tensor([t], device=device)
         z = latents.expand(batch, *latents.shape[1:])
         f_c = cond.shape[1]
         cond_frames = cond.expand(batch, *cond.shape[1:]).reshape(batch * f_c, *cond.shape[2:])
@@ -172,7 +175,7 @@ def compute_stream_set(root: Path) -> dict[str, torch.Tensor]:
         out["alpha_prod_t"] = torch.tensor([step.alpha_prod_t], dtype=torch.float32)
         out["alpha_prod_t_prev"] = torch.tensor([step.alpha_prod_t_prev], dtype=torch.float32)
         if any(name == f"{case}.eps_plain_unet" for name in wanted):
-            out["eps_plain_unet"] = gs.build_vanilla(weights)(z, timestep, text)
+            out["eps_plain_unet"] = gs.build_vanilla(weights).to(device)(z, timestep, text)
         return out
 
     for case, spec in gs.cfg["cases"].items():
@@ -187,10 +190,10 @@ def compute_stream_set(root: Path) -> dict[str, torch.Tensor]:
             key = name[len(case) + 1:]
             if key not in computed:
                 raise KeyError(f"expected tensor {name!r} is not one this command knows how to compute")
-            results[name] = computed[key]
+            results[name] = computed[key].cpu()
         for name in wanted:
             if "." not in name and name in computed and name not in results:
-                results[name] = computed[name]
+                results[name] = computed[name].cpu()
     missing = [n for n in wanted if n not in results]
     if missing:
         raise KeyError(f"cannot compute expected tensors {missing}")
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p_stream.add_argument("set_dir", type=Path)
     p_stream.add_argument("--out", type=Path, required=True)
     p_stream.add_argument("--check", action="store_true", help="compare with the set's expected.safetensors")
+    p_stream.add_argument("--device", default="cpu", help="cpu (default) or cuda (TF32 is disabled)")
     p_layout = sub.add_parser("layout", help="print the full-size state-dict layout")
     p_layout.add_argument("which", choices=["stream"])
     try:
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    tensors = compute_stream_set(args.set_dir)
+    tensors = compute_stream_set(args.set_dir, args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out))
     if not args.check:
