@@ -24,6 +24,11 @@ class StreamEvents(Protocol):
     def check_cancel(self) -> None:
         """Raise to stop the loop (called at every denoising step)."""
 
+    def on_chunk_end(self, chunk: int, noise_state: torch.Tensor) -> None:
+        """Extension chunk `chunk` (0-based) is final. `noise_state` is the CPU generator state the next chunk
+        starts from: passing it back as `extend_video(..., noise_state=...)` together with all frames so far
+        resumes the run bit-exactly (same device and dtype)."""
+
 
 class NullEvents:
     """Default: no progress, no previews, never cancels."""
@@ -35,4 +40,7 @@ class NullEvents:
         pass
 
     def check_cancel(self) -> None:
+        pass
+
+    def on_chunk_end(self, chunk: int, noise_state: torch.Tensor) -> None:
         pass

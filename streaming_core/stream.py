@@ -145,14 +145,16 @@ def extend_video(model: StreamModel, frames: torch.Tensor, anchor: torch.Tensor,
                  eta: float = 1.0, seed: int = 33, guidance_mode: str = "single", cfg_text: float = 7.5,
                  cfg_anchor: float = 7.5, device: torch.device = torch.device("cpu"),
                  dtype: torch.dtype | None = None, offload_device: torch.device = torch.device("cpu"),
-                 events: StreamEvents | None = None) -> torch.Tensor:
+                 events: StreamEvents | None = None, noise_state: torch.Tensor | None = None) -> torch.Tensor:
     """Extend a video by `num_chunks` chunks of 8 new frames (stream_stage.md §1, §10).
 
     frames: (N >= 8, 3, S, S) in [0, 1]; anchor: (3, S, S) in [0, 1]; prompts: one, or one per chunk.
     Returns (N + 8·num_chunks, 3, S, S) float32 in [0, 1] on the CPU: the input frames followed by the new ones.
     Each chunk: CAM on the last 8 frames, APM on the anchor, fresh noise from one seeded CPU generator, DDIM
     (eta, steps), frames 8..15 kept. `events.check_cancel()` runs before every step and its exception
-    propagates; `events.on_frames` gets every chunk's 8 new frames when they are final.
+    propagates; `events.on_frames` gets every chunk's 8 new frames when they are final, and
+    `events.on_chunk_end` the generator state to resume from (pass it back as `noise_state` with all frames
+    produced so far and the remaining prompts/chunks; stream_stage.md §11 requirement 2).
     """
     events = events or NullEvents()
     size = model.sample_size
@@ -176,6 +178,8 @@ def extend_video(model: StreamModel, frames: torch.Tensor, anchor: torch.Tensor,
     schedule = DiffusionSchedule.scaled_linear()
     timesteps = leading_timesteps(steps, schedule.num_train_timesteps)
     noise = CpuNoise(seed)
+    if noise_state is not None:
+        noise.restore(noise_state)
     outputs = [frames]
     cond_frames = frames[-COND_FRAMES:].to(device) * 2.0 - 1.0
     first_index = frames.shape[0]
@@ -193,6 +197,7 @@ def extend_video(model: StreamModel, frames: torch.Tensor, anchor: torch.Tensor,
             new = decoded[COND_FRAMES:].cpu()
             outputs.append(new)
             events.on_frames(new, first_index)
+            events.on_chunk_end(k, noise.state())
             first_index += NEW_FRAMES
             cond_frames = decoded[COND_FRAMES:] * 2.0 - 1.0
     return torch.cat(outputs)

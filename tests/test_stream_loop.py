@@ -129,3 +129,23 @@ def test_fp16_and_bf16_weights_load_and_run(tmp_path, clip):
     assert next(model.vae.parameters()).dtype == torch.float32
     out = extend_video(model, clip, clip[0], ["x"], 1, steps=1)
     assert out.shape[0] == 24 and torch.isfinite(out).all()
+
+
+def test_an_interrupted_run_resumes_bit_exactly_from_its_chunk_state(models, clip):
+    """§11 requirement 2: frames so far + the generator state after chunk k reproduce the uninterrupted run."""
+    model, _ = models
+    prompts = ["a", "b", "c"]
+    full = extend_video(model, clip, clip[0], prompts, 3, steps=STEPS, seed=9)
+
+    class StopAfterFirst(Recorder):
+        state = None
+
+        def on_chunk_end(self, chunk, noise_state):
+            self.state = noise_state
+
+    events = StopAfterFirst(cancel_after_frames=8)
+    with pytest.raises(Cancelled):
+        extend_video(model, clip, clip[0], prompts, 3, steps=STEPS, seed=9, events=events)
+    so_far = torch.cat([clip] + [f for _, f in events.frames])
+    resumed = extend_video(model, so_far, clip[0], prompts[1:], 2, steps=STEPS, seed=9, noise_state=events.state)
+    assert torch.equal(resumed, full)
