@@ -131,7 +131,8 @@ def run(model: StreamModel, frames_total: int, steps: int, device: torch.device,
 
 
 @torch.no_grad()
-def guidance_batching(model: StreamModel, device: torch.device, dtype: torch.dtype, repeats: int = 3) -> tuple[float, float]:
+def guidance_batching(model: StreamModel, device: torch.device, dtype: torch.dtype, repeats: int = 3,
+                      offload: bool = True) -> tuple[float, float]:
     """Seconds per guided evaluation: both rows in one batch vs two batch-1 forwards."""
     model.unet.to(device)
     model.cam.to(device)
@@ -164,9 +165,24 @@ def guidance_batching(model: StreamModel, device: torch.device, dtype: torch.dty
         return (time.perf_counter() - start) / repeats
 
     result = timed(batched), timed(sequential)
+    if offload:
+        model.unet.cpu()
+        model.cam.cpu()
+    return result
+
+
+def profile_evaluation(model: StreamModel, device: torch.device, dtype: torch.dtype) -> str:
+    """torch.profiler table (top 20 by device or CPU time) of one batched guided evaluation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    guidance_batching(model, device, dtype, repeats=1, offload=False)  # weights on the device, kernels warm
+    with profile(activities=activities) as prof:
+        guidance_batching(model, device, dtype, repeats=1, offload=False)
     model.unet.cpu()
     model.cam.cpu()
-    return result
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=20)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short", type=int, default=48)
     p.add_argument("--long", type=int, default=240)
     p.add_argument("--offload", default="cpu", help="where idle models go (cpu, or the compute device to keep them)")
+    p.add_argument("--profile", action="store_true", help="also print the top operators of one guided evaluation")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -204,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     batched, sequential = guidance_batching(model, device, dtype)
     print(f"guidance: batched {batched:.4f}s vs sequential {sequential:.4f}s per guided evaluation "
           f"-> sequential/batched = {sequential / batched:.2f}x")
+    if args.profile:
+        print(profile_evaluation(model, device, dtype))
     short = run(model, args.short, steps, device, dtype, offload)
     long = run(model, args.long, steps, device, dtype, offload)
     for name, r in (("short", short), ("long", long)):

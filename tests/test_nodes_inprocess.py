@@ -14,7 +14,6 @@ import sys
 import textwrap
 import time
 import types
-from pathlib import Path
 
 import pytest
 import torch
