@@ -6,7 +6,7 @@ ModelScope UNet may also sit in `models/diffusion_models`. Nothing is downloaded
 """
 from __future__ import annotations
 
-from ..streaming_core.loading import load_base_model, load_stream_model
+from ..streaming_core.model_files import load_base_model, load_stream_model
 from . import _runtime as rt
 from .types import (
     CATEGORY_LOADERS,

@@ -994,13 +994,3 @@ def load_into(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, strict
             ", ".join(still_meta[:5]),
         )
     return result
-
-
-def __getattr__(name: str):
-    """`api_contract.md` exports ``load_stream_model`` / ``load_base_model`` from this module; they live in
-    `model_files` (which imports this module), so they are resolved lazily to avoid an import cycle."""
-    if name in ("load_stream_model", "load_base_model"):
-        from . import model_files
-
-        return getattr(model_files, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
