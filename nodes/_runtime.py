@@ -6,13 +6,14 @@
 * `ComfyEvents`, the `streaming_core.events.StreamEvents` implementation: progress bar over all denoising
   steps, JPEG previews of the newest finished frame, cancellation through ComfyUI's interrupt flag.
 
-`InterruptProcessingException` is never swallowed: `interrupt_logged` logs how far a run got and re-raises.
+`InterruptProcessingException` is never swallowed: `interrupt_logged` saves what a stopped run finished and re-raises.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import time
 from typing import Iterator
 
 import numpy as np
@@ -24,6 +25,7 @@ import comfy.utils
 import folder_paths
 
 from ..streaming_core.events import NullEvents
+from ..streaming_core.resume import save_partial
 from .types import MODEL_EXTENSIONS, MODEL_FOLDER
 
 log = logging.getLogger("streamingt2v.nodes")
@@ -191,6 +193,7 @@ class ComfyEvents(NullEvents):
         self.value = 0
         self.frames_finished = 0
         self.chunks_finished = 0
+        self.finished: list[torch.Tensor] = []  # references to the core's CPU frames, no copies
         self.noise_state: torch.Tensor | None = None
         self.preview_max_size = preview_max_size
         self.progress = comfy.utils.ProgressBar(self.total)
@@ -205,6 +208,7 @@ class ComfyEvents(NullEvents):
             return
         self.frames_finished += int(frames.shape[0])
         self.chunks_finished += 1
+        self.finished.append(frames)
         preview = ("JPEG", frame_to_pil(frames[-1]), self.preview_max_size)
         self.progress.update_absolute(self.value, self.total, preview)
 
@@ -216,16 +220,28 @@ class ComfyEvents(NullEvents):
 
 
 @contextlib.contextmanager
-def interrupt_logged(events: ComfyEvents, what: str) -> Iterator[None]:
-    """Run a core call; on Cancel log how many frames were finished and re-raise (never swallow)."""
+def interrupt_logged(events: ComfyEvents, what: str, input_frames: torch.Tensor | None = None,
+                     info: dict | None = None) -> Iterator[None]:
+    """Run a core call; if it stops early (Cancel, NaN, out of memory, ...) after finishing frames, save them with
+    the resume state to `output/streamingt2v_partial/` and log the path, then re-raise (never swallow)."""
     try:
         yield
-    except InterruptProcessingException:
-        log.warning(
-            "%s interrupted after %d finished frame(s) in %d chunk(s); the classic node API cannot return "
-            "partial results, so they are discarded.",
-            what, events.frames_finished, events.chunks_finished,
-        )
+    except BaseException as exc:
+        if events.finished:
+            frames = torch.cat(([input_frames] if input_frames is not None else []) + events.finished)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            info = dict(info or {})
+            if "prompts" in info and "num_chunks" in info:  # what a resume still has to do
+                info["remaining_prompts"] = info.pop("prompts")[events.chunks_finished:]
+                info["remaining_chunks"] = info.pop("num_chunks") - events.chunks_finished
+            path = save_partial(
+                os.path.join(folder_paths.get_output_directory(), "streamingt2v_partial",
+                             f"{what.replace(' ', '_')}_{stamp}_{frames.shape[0]}frames.safetensors"),
+                frames, events.noise_state,
+                dict(info, chunks_done=events.chunks_finished, stopped_by=type(exc).__name__))
+            log.warning("%s stopped (%s) after %d finished frame(s) in %d chunk(s); all %d frames so far and the "
+                        "resume state were saved to %s", what, type(exc).__name__, events.frames_finished,
+                        events.chunks_finished, frames.shape[0], path)
         raise
     finally:
         free_cache()

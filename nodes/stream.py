@@ -390,7 +390,10 @@ class CAMStreamingExtend:
             return (rt.frames_to_image(video), int(video.shape[0]))
         prompts = _chunk_prompts(prompt, prompt_per_chunk, num_chunks)
         events = rt.ComfyEvents(steps * num_chunks)
-        with rt.interrupt_logged(events, "StreamingT2V CAM Streaming Extend"):
+        info = {"prompts": prompts, "seed": seed, "steps": steps, "cfg": cfg, "eta": eta,
+                "guidance_mode": guidance_mode, "cfg_anchor": cfg_anchor, "negative_prompt": negative_prompt,
+                "num_chunks": num_chunks}
+        with rt.interrupt_logged(events, "StreamingT2V CAM Streaming Extend", video, info):
             out = extend_video(
                 model, video, anchor.to(device="cpu", dtype=torch.float32), prompts, num_chunks,
                 negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, eta=eta, seed=seed,

@@ -307,14 +307,33 @@ def test_events_drive_progress_and_jpeg_previews(rt, progress_hook):
     assert events.frames_finished == 8 and events.chunks_finished == 1
 
 
-def test_interrupt_is_logged_and_reraised(rt, comfy, caplog):
+@pytest.fixture
+def output_dir(tmp_path):
+    import folder_paths
+
+    previous = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(previous)
+
+
+def test_an_interrupt_keeps_the_finished_frames_and_reraises(rt, comfy, caplog, output_dir):
+    """Principle 5: nothing already produced is lost; the interrupt still propagates."""
+    from streaming_core.resume import load_partial
+
     events = rt.ComfyEvents(2)
     events.on_frames(torch.rand(8, 3, 4, 4), 16)
+    events.on_chunk_end(0, torch.zeros(5, dtype=torch.uint8))
     with caplog.at_level(logging.WARNING, logger="streamingt2v"):
         with pytest.raises(comfy.mm.InterruptProcessingException):
-            with rt.interrupt_logged(events, "Test run"):
+            with rt.interrupt_logged(events, "Test run", torch.rand(16, 3, 4, 4), {"prompts": ["a", "b", "c"],
+                                                                                   "num_chunks": 3}):
                 raise comfy.mm.InterruptProcessingException()
-    assert "Test run interrupted after 8 finished frame(s) in 1 chunk(s)" in caplog.text
+    assert "Test run stopped (InterruptProcessingException) after 8 finished frame(s) in 1 chunk(s)" in caplog.text
+    (saved,) = (output_dir / "streamingt2v_partial").glob("*.safetensors")
+    frames, noise_state, info = load_partial(saved)
+    assert frames.shape == (24, 3, 4, 4) and noise_state is not None
+    assert info["remaining_chunks"] == 2 and info["remaining_prompts"] == ["b", "c"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -464,7 +483,7 @@ def test_tiny_base_model_generates_first_chunk(nodes, tiny):
     _check_image(frames, 16, tiny.size)
 
 
-def test_tiny_interrupt_mid_video_propagates(nodes, tiny, comfy, reset_interrupt, caplog):
+def test_tiny_interrupt_mid_video_propagates(nodes, tiny, comfy, reset_interrupt, caplog, output_dir):
     size = tiny.size
     start = _image(8, size, size, seed=5)
     anchor, _ = nodes.anchor().run(frames=start, frame_index=0)
@@ -481,4 +500,6 @@ def test_tiny_interrupt_mid_video_propagates(nodes, tiny, comfy, reset_interrupt
                 nodes.extend().run(**_extend_kwargs(model=tiny.model, frames=start, anchor=anchor, length=3))
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
-    assert "interrupted after 8 finished frame(s) in 1 chunk(s)" in caplog.text
+    assert "after 8 finished frame(s) in 1 chunk(s)" in caplog.text
+    (saved,) = (output_dir / "streamingt2v_partial").glob("*.safetensors")
+    assert saved.stat().st_size > 0
