@@ -185,6 +185,29 @@ def profile_evaluation(model: StreamModel, device: torch.device, dtype: torch.dt
     return prof.key_averages().table(sort_by=key, row_limit=20)
 
 
+def speedups(model: StreamModel, device: torch.device, dtype: torch.dtype) -> None:
+    """Seconds per batched guided evaluation: eager vs channels_last vs torch.compile, in one run."""
+    results = {}
+    eager, _ = guidance_batching(model, device, dtype, repeats=5, offload=False)
+    results["eager"] = eager
+    model.unet.to(memory_format=torch.channels_last)
+    model.cam.to(memory_format=torch.channels_last)
+    results["channels_last"], _ = guidance_batching(model, device, dtype, repeats=5, offload=False)
+    model.unet.to(memory_format=torch.contiguous_format)
+    model.cam.to(memory_format=torch.contiguous_format)
+    unet_forward, cam_forward = model.unet.forward, model.cam.forward
+    model.unet.forward = torch.compile(unet_forward, dynamic=False)
+    model.cam.forward = torch.compile(cam_forward, dynamic=False)
+    start = time.perf_counter()
+    guidance_batching(model, device, dtype, repeats=1, offload=False)
+    compile_s = time.perf_counter() - start
+    results["compile"], _ = guidance_batching(model, device, dtype, repeats=5, offload=False)
+    model.unet.forward, model.cam.forward = unet_forward, cam_forward
+    print(f"speedups (s per guided evaluation, {dtype}): " + ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+          + f"; eager/channels_last = {eager / results['channels_last']:.2f}x, eager/compile = "
+          f"{eager / results['compile']:.2f}x (compilation and warm-up {compile_s:.0f}s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streaming_core.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long", type=int, default=240)
     p.add_argument("--offload", default="cpu", help="where idle models go (cpu, or the compute device to keep them)")
     p.add_argument("--profile", action="store_true", help="also print the top operators of one guided evaluation")
+    p.add_argument("--speedups", action="store_true", help="only compare eager, channels_last and torch.compile")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -218,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         model = load_stream_model(stream_path, dtype=dtype)
     offload = torch.device(args.offload)
     print(f"model: {model.source}; device {device}, {dtype}, {steps} steps, {model.sample_size}px")
+    if args.speedups:
+        speedups(model, device, dtype)
+        return 0
     batched, sequential = guidance_batching(model, device, dtype)
     print(f"guidance: batched {batched:.4f}s vs sequential {sequential:.4f}s per guided evaluation "
           f"-> sequential/batched = {sequential / batched:.2f}x")
