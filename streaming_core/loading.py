@@ -46,6 +46,8 @@ from pathlib import Path
 
 import torch
 
+from .image_encoder import UNUSED_TEXT_SIDE_KEYS
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -94,17 +96,7 @@ VIDXTEND_TO_OFFICIAL: dict[str, str] = {
 
 #: Text-side leftovers of the OpenCLIP model inside ``image_encoder.model`` (§13.2): stored, never used, and
 #: accepted present or absent (§13.3 table, row 3).
-UNUSED_IMAGE_ENCODER_KEYS: frozenset[str] = frozenset(
-    "image_encoder.model." + name
-    for name in (
-        "token_embedding.weight",
-        "positional_embedding",
-        "ln_final.weight",
-        "ln_final.bias",
-        "text_projection",
-        "logit_scale",
-    )
-)
+UNUSED_IMAGE_ENCODER_KEYS: frozenset[str] = frozenset("image_encoder.model." + name for name in UNUSED_TEXT_SIDE_KEYS)
 
 LAYOUTS: tuple[str, ...] = ("official", "vidxtend", "vidxtend_unet", "diffusers_unet", "modelscope_folder_unet")
 
