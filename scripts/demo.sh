@@ -14,6 +14,7 @@ cd "$ROOT"
 # the demo needs no browser; set ST2V_NO_CHROMIUM=0 to install it anyway
 ST2V_NO_CHROMIUM="${ST2V_NO_CHROMIUM:-1}" bash "$ROOT/scripts/setup.sh"
 VPY="${ST2V_VENV:-$ROOT/.venv}/bin/python"
+export ST2V_COMFY_DIR="${ST2V_COMFY_DIR:-${ST2V_COMFY_HOME:-$ROOT/.comfyui}/ComfyUI}"
 BASE="${ST2V_DEMO_DIR:-$ROOT/.demo}"
 WORKFLOW="${ST2V_DEMO_WORKFLOW:-$ROOT/workflows/api/streamingt2v_text_to_long_video.json}"
 exec "$VPY" "$ROOT/scripts/run_workflow.py" "$WORKFLOW" --base "$BASE" "$@"

@@ -7,6 +7,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash "$ROOT/scripts/setup.sh"
 VPY="${ST2V_VENV:-$ROOT/.venv}/bin/python"
+# where setup.sh put ComfyUI (the tests read ST2V_COMFY_DIR)
+export ST2V_COMFY_DIR="${ST2V_COMFY_DIR:-${ST2V_COMFY_HOME:-$ROOT/.comfyui}/ComfyUI}"
 echo "[test] $("$VPY" --version), $(nproc) CPU core(s); running pytest" >&2
 set +e
 "$VPY" -m pytest -q -rfEs --durations=15 tests "$@"

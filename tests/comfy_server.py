@@ -1,7 +1,7 @@
 """Layer B fixtures: one real ComfyUI server subprocess per test session (runtime spec §9).
 
 The server runs `<ComfyUI>/main.py --cpu` from `.comfyui/ComfyUI` (made by scripts/setup.sh; override with
-$ST2V_COMFYUI_DIR) on a free local port with a private base directory:
+$ST2V_COMFY_DIR) on a free local port with a private base directory:
 
     <tmp>/comfy/custom_nodes/streamingt2v-longvideo -> the repository (symlink, the pack's link name)
     <tmp>/comfy/models/streamingt2v/                 tiny default weights (python -m streaming_core.tiny_default)
@@ -111,7 +111,7 @@ def start_server(base: pathlib.Path) -> ServerHandle:
         weights_error = f"{type(exc).__name__}: {exc}"
     (base / "models" / "streamingt2v" / BROKEN_WEIGHTS).write_bytes(b"this is not a safetensors file\n" * 4)
     if not (comfy_dir() / "main.py").is_file():
-        pytest.fail(f"no ComfyUI at {comfy_dir()}: run `bash scripts/setup.sh` first (or set ST2V_COMFYUI_DIR)",
+        pytest.fail(f"no ComfyUI at {comfy_dir()}: run `bash scripts/setup.sh` first (or set ST2V_COMFY_DIR)",
                     pytrace=False)
     server = ComfyServer(base, python=sys.executable)
     try:

@@ -20,8 +20,8 @@ EXAMPLE_INPUTS = REPO_ROOT / "workflows" / "inputs"
 
 
 def comfy_dir() -> pathlib.Path:
-    """The ComfyUI tree to run: $ST2V_COMFYUI_DIR or `.comfyui/ComfyUI` made by scripts/setup.sh."""
-    return pathlib.Path(os.environ.get("ST2V_COMFYUI_DIR", DEFAULT_COMFY_DIR)).resolve()
+    """The ComfyUI tree to run: $ST2V_COMFY_DIR or `.comfyui/ComfyUI` made by scripts/setup.sh."""
+    return pathlib.Path(os.environ.get("ST2V_COMFY_DIR", DEFAULT_COMFY_DIR)).resolve()
 
 
 def pack_dir() -> pathlib.Path:
@@ -119,7 +119,7 @@ class ComfyServer:
         main_py = self.comfy / "main.py"
         if not main_py.is_file():
             raise ComfyError(f"ComfyUI not found at {main_py}; run `bash scripts/setup.sh` "
-                             "(or set ST2V_COMFYUI_DIR)")
+                             "(or set ST2V_COMFY_DIR)")
         self._log_file = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.command, cwd=self.base, stdout=self._log_file,
