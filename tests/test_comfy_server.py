@@ -297,3 +297,32 @@ def test_interrupt_mid_run_and_server_keeps_serving(comfy_alive):
     good, frames = _cheap_good_prompt(server, "after_interrupt")
     result, _ = server.run(good)
     assert _only_video(server, result)["frames"] == frames
+
+
+def test_an_interrupt_after_a_finished_chunk_keeps_its_frames_on_disk(comfy_alive):
+    """Principle 5: the frames an interrupted extension already finished are saved with the resume state."""
+    from streaming_core.resume import load_partial
+
+    server = comfy_alive
+    server.require_weights()
+    api = wf.tweak(wf.load_api(wf.TEXT_WORKFLOW), steps=2, seed=server.unique_seed(),
+                   prefix=server.unique_prefix("partial"), length_mode="chunks", length=6)
+    (extend_id,) = wf.nodes_of(api, "ST2V_CAMStreamingExtend")
+    partial_dir = server.base / "output" / "streamingt2v_partial"
+    before = set(partial_dir.glob("*.safetensors")) if partial_dir.exists() else set()
+    with server.client.listen() as events:
+        queued = server.client.queue_prompt(api)
+        assert queued.status == 200, queued
+        prompt_id = queued.body["prompt_id"]
+        # progress of the extend node counts steps over all chunks: value 3 means chunk 1 is done (2 steps each)
+        events.wait_for(lambda ev: [p for p in ev.of_type("progress")
+                                    if p.get("prompt_id") == prompt_id and str(p.get("node")) == str(extend_id)
+                                    and p.get("value", 0) >= 3], timeout=600)
+        server.client.interrupt()
+        history = server.client.wait_for_history(prompt_id, timeout=300)
+    assert history["status"]["status_str"] == "error"
+    (saved,) = set(partial_dir.glob("*.safetensors")) - before
+    frames, noise_state, info = load_partial(saved)
+    assert frames.shape[0] >= 16 + 8 and (frames.shape[0] - 16) % 8 == 0
+    assert noise_state is not None and info["remaining_chunks"] == 6 - info["chunks_done"]
+    assert info["stopped_by"] == "InterruptProcessingException"
