@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from ..streaming_core.chunks import chunks_for_target
+from ..streaming_core.chunks import COND_FRAMES, FRAMES_PER_CHUNK, chunk_prompts, chunks_for_target
 from ..streaming_core.frames import fit_frames
 from ..streaming_core.stream import extend_video, generate_init_chunk
 from . import _runtime as rt
@@ -28,9 +28,6 @@ from .types import (
 
 log = logging.getLogger("streamingt2v.nodes")
 
-COND_FRAMES = 8  # F_cond: the CAM conditions every new chunk on the last 8 frames
-CHUNK_FRAMES = 16  # frames of the first chunk
-NEW_FRAMES_PER_CHUNK = 8
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 MAX_LENGTH = 100_000
 
@@ -95,7 +92,7 @@ def _chunk_prompts(prompt: str, per_chunk: bool, num_chunks: int) -> list[str]:
     if len(lines) > num_chunks:
         log.warning("prompt has %d lines but only %d chunk(s) are generated; the last %d line(s) are unused",
                     len(lines), num_chunks, len(lines) - num_chunks)
-    return [lines[min(i, len(lines) - 1)] for i in range(max(num_chunks, 1))]
+    return chunk_prompts(lines[:max(num_chunks, 1)], max(num_chunks, 1))
 
 
 def _plan(length_mode: str, length: int, input_frames: int) -> tuple[int, int | None]:
@@ -366,9 +363,9 @@ class CAMStreamingExtend:
         if length is not None:
             if length < 0 or length > MAX_LENGTH:
                 return f"length {length} is outside 0..{MAX_LENGTH}."
-            if length_mode is not None and length_mode.startswith("total_frames") and length < CHUNK_FRAMES:
+            if length_mode is not None and length_mode.startswith("total_frames") and length < FRAMES_PER_CHUNK:
                 return (
-                    f"length is {length}, but the total_frames modes need at least {CHUNK_FRAMES} frames (one "
+                    f"length is {length}, but the total_frames modes need at least {FRAMES_PER_CHUNK} frames (one "
                     f"16-frame first chunk); use length_mode 'chunks' to add a number of 8-frame chunks."
                 )
         return True
