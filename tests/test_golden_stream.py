@@ -70,3 +70,30 @@ def test_the_conformance_command_writes_and_checks_the_set(tmp_path, capsys):
     written = load_file(str(out))
     assert len(written) == len(json.loads((SET / "config.json").read_text())["expected"])
     assert "all within tolerance" in capsys.readouterr().out
+
+
+def test_the_conformance_command_follows_another_set_with_non_square_frames_and_the_last_step(tmp_path):
+    """Nothing about tiny_v1 is hard-coded: a set with 128x96 frames (16x12 latents) and a case at the last DDIM
+    step (t = 1, ᾱ_prev = ᾱ[0] = 0.99915) is computed with the shapes its own manifest lists."""
+    from safetensors.torch import save_file
+
+    cfg = json.loads((SET / "config.json").read_text())
+    inputs = load_file(str(SET / "inputs.safetensors"))
+    inputs = {k: (v[..., :12] if k.endswith(("latents", "variance_noise")) else v) for k, v in inputs.items()}
+    inputs["cond_frames"] = inputs["cond_frames"][..., :96].contiguous()
+    inputs["t501.timestep"] = torch.tensor([1])
+    inputs = {k: v.contiguous() for k, v in inputs.items()}
+    widths = {16: 12, 8: 6, 4: 3, 2: 2}
+    for meta in cfg["expected"].values():
+        shape = meta["shape"]
+        if len(shape) >= 4 and shape[-1] in widths and shape[-2] == shape[-1]:
+            shape[-1] = widths[shape[-1]]
+    cfg["cases"]["t501"].update(timestep=1, prev_timestep=-19)
+    (tmp_path / "weights.safetensors").symlink_to(SET / "weights.safetensors")
+    save_file(inputs, str(tmp_path / "inputs.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    out = compute_stream_set(tmp_path)  # raises if any shape differs from the manifest
+    assert out["t981.eps"].shape == (2, 4, 16, 16, 12)
+    assert out["t981.cam_down_09"].shape == (16, 64, 2, 2)
+    assert abs(float(out["t501.alpha_prod_t_prev"]) - 0.99915) < 1e-6
+    assert torch.isfinite(out["t501.prev_sample"]).all()
