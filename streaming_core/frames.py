@@ -2,8 +2,12 @@
 (stream_stage.md §2.2 items 1 and 4)."""
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger("streaming_core")
 
 RESIZE_MODES = ("area", "bicubic", "nearest")
 CROP_MODES = ("center", "pad")
@@ -26,7 +30,8 @@ def fit_frames(frames: torch.Tensor, size: int, *, resize: str = "area", crop: s
     """(N, 3, H, W) in [0, 1] -> (N, 3, size, size) in [0, 1].
 
     Non-square input is center-cropped to a square (`crop="center"`) or padded with black bars (`"pad"`), then
-    resized with `resize` ("area" and "bicubic" for quality, "nearest" as the official code did).
+    resized with `resize` ("area" and "bicubic" for quality, "nearest" as the official code did; "area" enlarges
+    with bicubic, logged, since area averaging only shrinks).
     """
     if resize not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {resize!r}; expected one of {RESIZE_MODES}")
@@ -47,7 +52,9 @@ def fit_frames(frames: torch.Tensor, size: int, *, resize: str = "area", crop: s
         return frames.contiguous()
     x = frames.float()
     if resize == "area" and frames.shape[-1] < size:
-        resize = "bicubic"  # area averaging only shrinks
+        logger.info("area resizing only shrinks; enlarging %dpx frames to %dpx with bicubic instead",
+                    frames.shape[-1], size)
+        resize = "bicubic"
     if resize == "bicubic":
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
     else:
