@@ -36,6 +36,24 @@ def expected_layout(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+LAYOUT_WORDS = {
+    "official": "the StreamingT2V checkpoint",
+    "vidxtend": "the VidXTend repack of the StreamingT2V checkpoint",
+    "vidxtend_unet": "only the StreamingT2V UNet (VidXTend unet/ file, without CAM, encoders and VAE)",
+    "diffusers_unet": "a vanilla ModelScope T2V UNet (first chunk)",
+    "modelscope_folder_unet": "a vanilla ModelScope T2V UNet folder (first chunk)",
+}
+
+
+def _read_expecting(path: str | os.PathLike, allowed: tuple[str, ...], what: str, hint: str):
+    """`read_normalized`, then refuse any layout outside `allowed` with a sentence naming what the file is."""
+    sd, info, layout = read_normalized(path)
+    source = describe(info)
+    if layout not in allowed:
+        raise CheckpointLayoutError(f"{source} holds {LAYOUT_WORDS.get(layout, layout)}, not {what}; {hint}")
+    return sd, info, layout, source
+
+
 def _finish(module: nn.Module, source: str) -> None:
     leftovers = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
     if leftovers:
@@ -51,12 +69,10 @@ def load_stream_model(path: str | os.PathLike, *, image_encoder_path: str | os.P
     without `image_encoder.*` (VidXTend) needs `image_encoder_path` (OpenCLIP ViT-H-14 `open_clip_pytorch_model.bin`).
     Raises `CheckpointLayoutError` naming the file and the offending keys.
     """
-    sd, info, layout = read_normalized(path)
-    source = describe(info)
-    if layout not in STREAM_LAYOUTS:
-        raise CheckpointLayoutError(
-            f"{source} holds a {layout} (a vanilla ModelScope UNet for the first chunk), not the StreamingT2V "
-            f"stream model; load it with 'Load ModelScope T2V' / load_base_model and select streaming_t2v.ckpt here")
+    sd, info, layout, source = _read_expecting(
+        path, STREAM_LAYOUTS, "the StreamingT2V stream model",
+        "select streaming_t2v.ckpt (or its fp16 conversion / vidxtend.safetensors) here; a ModelScope UNet belongs "
+        "in 'Load ModelScope T2V' / load_base_model")
     cfg = config_from_metadata(info.metadata)
     if image_encoder_path is not None:
         sd = {k: v for k, v in sd.items() if not k.startswith("image_encoder.")}
@@ -79,12 +95,9 @@ def load_base_model(path: str | os.PathLike, *, shared: StreamModel,
                     dtype: torch.dtype = torch.float32) -> BaseModel:
     """Load the vanilla ModelScope T2V UNet (diffusers names; a `unet/` folder, a diffusers safetensors file or
     the pack's tiny file). Text encoder, tokenizer and VAE come from `shared`."""
-    sd, info, layout = read_normalized(path)
-    source = describe(info)
-    if layout not in BASE_LAYOUTS:
-        raise CheckpointLayoutError(
-            f"{source} has the {layout} layout; the first-chunk model must be the vanilla ModelScope T2V UNet "
-            f"(text-to-video-ms-1.7b unet/diffusion_pytorch_model.safetensors)")
+    sd, info, layout, source = _read_expecting(
+        path, BASE_LAYOUTS, "the vanilla ModelScope T2V UNet",
+        "select text-to-video-ms-1.7b unet/diffusion_pytorch_model.safetensors here")
     file_cfg = config_from_metadata(info.metadata)
     if file_cfg.unet != shared.config.unet:
         raise CheckpointLayoutError(

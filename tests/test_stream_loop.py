@@ -149,3 +149,15 @@ def test_an_interrupted_run_resumes_bit_exactly_from_its_chunk_state(models, cli
     so_far = torch.cat([clip] + [f for _, f in events.frames])
     resumed = extend_video(model, so_far, clip[0], prompts[1:], 2, steps=STEPS, seed=9, noise_state=events.state)
     assert torch.equal(resumed, full)
+
+
+def test_each_loader_refuses_the_other_loaders_file_and_says_what_it_is(tmp_path):
+    """stream_stage.md §13.3: a wrong file is an error that names what the file holds and where it belongs."""
+    from streaming_core.loading import CheckpointLayoutError
+
+    stream_path, base_path = write_micro_models(tmp_path)
+    with pytest.raises(CheckpointLayoutError, match="vanilla ModelScope T2V UNet.*not the StreamingT2V stream model"):
+        load_stream_model(base_path)
+    model = load_stream_model(stream_path)
+    with pytest.raises(CheckpointLayoutError, match="StreamingT2V checkpoint, not the vanilla ModelScope T2V UNet"):
+        load_base_model(stream_path, shared=model)
