@@ -24,7 +24,7 @@ REQUIRED_MODULES: dict[str, str] = {
     ".nodes": "loaders and the streaming stage (Init Chunk, APM Anchor, CAM Streaming Extend)",
 }
 OPTIONAL_MODULES: dict[str, str] = {
-    # ".nodes_refine": "streaming refinement stage",
+    ".nodes.refine": "streaming refinement stage (Load Refiner, Randomized Blend, Refiner SDEdit)",
 }
 
 _EXPORTS = ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS")

@@ -26,7 +26,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from comfy_harness import PACK_LINK_NAME  # noqa: E402
 from comfy_harness import workflows as wf  # noqa: E402
 from comfy_harness.client import ComfyClient, ComfyError  # noqa: E402
-from comfy_harness.server import ComfyServer, copy_example_inputs, prepare_base, seed_tiny_weights  # noqa: E402
+from comfy_harness.server import (ComfyServer, copy_example_inputs, prepare_base,  # noqa: E402
+                                  seed_tiny_refiner, seed_tiny_weights)
 
 
 def log(msg: str) -> None:
@@ -132,6 +133,9 @@ def main() -> int:
     models = base / "models" / "streamingt2v"
     log(f"tiny default weights in {models} (python -m streaming_core.tiny_default)")
     seed_tiny_weights(models)
+    if any(node["class_type"].startswith("ST2V_LoadRefiner") for node in prompt.values()):
+        log(f"tiny refiner in {models / 'refiner_tiny'} (python -m streaming_core.tiny_refiner)")
+        seed_tiny_refiner(models)
     copy_example_inputs(base / "input")
     def stop_on_term(signum, frame):  # `kill` stops the server too (SIGINT is ignored in background jobs)
         raise KeyboardInterrupt

@@ -83,9 +83,10 @@ class TemporalConvLayer(nn.Module):
 
 
 class Downsample2D(nn.Module):
-    """Stride-2 3x3 convolution (`conv`)."""
+    """Stride-2 3x3 convolution (`conv`). `padding` = 1 (diffusers) or (2, 1) (MS-Vid2Vid-XL: 2 rows top and
+    bottom, 1 column left and right)."""
 
-    def __init__(self, channels: int, padding: int = 1) -> None:
+    def __init__(self, channels: int, padding: int | tuple[int, int] = 1) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
@@ -94,14 +95,23 @@ class Downsample2D(nn.Module):
 
 
 class Upsample2D(nn.Module):
-    """Nearest 2x (or to `size`) upsampling followed by a 3x3 convolution (`conv`)."""
+    """Nearest 2x (or to `size`) upsampling followed by a 3x3 convolution (`conv`).
 
-    def __init__(self, channels: int) -> None:
+    `crop_rows=True` (MS-Vid2Vid-XL): nearest 2x, then the first and the last row are dropped (h -> 2h − 2), then
+    the conv; `size` must not be given then.
+    """
+
+    def __init__(self, channels: int, crop_rows: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.crop_rows = crop_rows
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        if size is None:
+        if self.crop_rows:
+            if size is not None:
+                raise ValueError("the row-cropping upsampler has a fixed geometry; no target size is accepted")
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")[:, :, 1:-1]
+        elif size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         else:
             x = F.interpolate(x, size=size, mode="nearest")

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+RESAMPLER_GEOMETRIES = ("modelscope_t2v", "ms_vid2vid")
+
+
 @dataclass(frozen=True)
 class UNet3DConfig:
     """ModelScope `UNet3DConditionModel` (stream_stage.md §3.1)."""
@@ -28,8 +31,16 @@ class UNet3DConfig:
     norm_eps: float = 1e-5
     transformer_in_num_heads: int = 8
     transformer_in_head_dim: int = 64
+    # "modelscope_t2v": diffusers resamplers (conv padding 1; upsample to the skip size).
+    # "ms_vid2vid": MS-Vid2Vid-XL refiner (refine_stage.md §3.3 item 8): downsampler padding 2 rows / 1 column,
+    # upsampler = nearest x2, drop the first and last row, conv.
+    resampler_geometry: str = "modelscope_t2v"
 
     def __post_init__(self) -> None:
+        if self.resampler_geometry not in RESAMPLER_GEOMETRIES:
+            raise ValueError(
+                f"resampler_geometry {self.resampler_geometry!r} is not one of {RESAMPLER_GEOMETRIES}"
+            )
         if len(self.down_block_types) != len(self.block_out_channels):
             raise ValueError(
                 f"down_block_types has {len(self.down_block_types)} entries but block_out_channels has "

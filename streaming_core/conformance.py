@@ -1,15 +1,20 @@
 """Conformance commands.
 
     python -m streaming_core.conformance stream <set-dir> --out <file.safetensors> [--check]
+    python -m streaming_core.conformance refine <set-dir> --out <file.safetensors> [--check] [--device cuda]
     python -m streaming_core.conformance layout stream
+    python -m streaming_core.conformance layout refine
 
 `stream` loads a stream-stage golden set (weights with official names, inputs, config.json), computes every
 tensor its `config.json` lists under `expected` and writes them. With `--check` it also compares them with
 the set's `expected.safetensors` under the set's tolerance rule and exits 1 on a mismatch. Cases, timesteps,
 sizes and the architecture come from the set's files only.
 
-`layout stream` builds the full-size model on the meta device and prints `name<TAB>(shape)` per tensor in the
-official naming.
+`refine` does the same for a refinement-stage set (refine_stage.md §20.2; computation in `refine_golden`): every
+tensor the manifest lists in `expected.safetensors`, per-group tolerances from the set's config.
+
+`layout stream` / `layout refine` build the full-size stream model / MS-Vid2Vid-XL refiner UNet on the meta device
+and print `name<TAB>(shape)` per tensor in the official naming.
 """
 from __future__ import annotations
 
@@ -245,19 +250,29 @@ def main(argv: list[str] | None = None) -> int:
     p_stream.add_argument("--out", type=Path, required=True)
     p_stream.add_argument("--check", action="store_true", help="compare with the set's expected.safetensors")
     p_stream.add_argument("--device", default="cpu", help="cpu (default) or cuda (TF32 is disabled)")
+    p_refine = sub.add_parser("refine", help="compute a refinement-stage golden set's expected tensors")
+    p_refine.add_argument("set_dir", type=Path)
+    p_refine.add_argument("--out", type=Path, required=True)
+    p_refine.add_argument("--check", action="store_true", help="compare with the set's expected.safetensors")
+    p_refine.add_argument("--device", default="cpu", help="cpu (default) or cuda (TF32 is disabled)")
     p_layout = sub.add_parser("layout", help="print the full-size state-dict layout")
-    p_layout.add_argument("which", choices=["stream"])
+    p_layout.add_argument("which", choices=["stream", "refine"])
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
     if args.command == "layout":
-        from .layout import stream_layout
-        for name, shape in stream_layout():
+        if args.which == "refine":
+            from .refiner_names import official_layout as layout
+        else:
+            from .layout import stream_layout as layout
+        for name, shape in layout():
             sys.stdout.write(f"{name}\t{shape_text(shape)}\n")
         return 0
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    if args.command == "refine":
+        return _refine_command(args)
     tensors = compute_stream_set(args.set_dir, args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out))
@@ -271,6 +286,32 @@ def main(argv: list[str] | None = None) -> int:
     failed = [n for n, e in errors.items() if e > tol]
     print(f"{len(errors)} tensors, worst {worst} {errors[worst]:.3g} (tol {tol:g}), "
           f"{'FAIL ' + ', '.join(failed) if failed else 'all within tolerance'}")
+    return 1 if failed else 0
+
+
+def _refine_command(args: argparse.Namespace) -> int:
+    from .refine_golden import compute_refine_set, tolerance_groups
+
+    try:
+        tensors = compute_refine_set(args.set_dir, args.device)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(args.out))
+    if not args.check:
+        print(f"wrote {len(tensors)} tensors to {args.out}")
+        return 0
+    cfg = json.loads((args.set_dir / "config.json").read_text())
+    tol, groups = tolerance_groups(cfg)
+    reference = load_file(str(args.set_dir / "expected.safetensors"))
+    errors = compare(tensors, {n: reference[n] for n in groups}, 0.0)
+    failed = [n for n, e in errors.items() if e > tol[groups[n]]]
+    for group in sorted(set(groups.values())):
+        names = [n for n in errors if groups[n] == group]
+        worst = max(names, key=errors.get)
+        print(f"{group:12s} {len(names):3d} tensors, worst {worst} {errors[worst]:.3g} (tol {tol[group]:g})")
+    print(f"{len(errors)} tensors, {'FAIL ' + ', '.join(failed) if failed else 'all within tolerance'}")
     return 1 if failed else 0
 
 

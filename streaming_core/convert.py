@@ -12,11 +12,24 @@ models. The output holds one tensor per official name, cast to the target dtype,
 source's ``streamingt2v_config`` entry when it has one. Every tensor is checked for non-finite values after
 the cast; the file is not written if any has them.
 
+Refiner target (refine_stage.md §6.3)::
+
+    python -m streaming_core.convert refiner --unet non_ema_0035000.pth --text open_clip_pytorch_model.bin
+                                     --vae v2-1_512-ema-pruned.ckpt OUTPUT.safetensors [--dtype fp16|bf16]
+
+writes one file with prefixes ``unet.`` (official refiner names, incl. ``temopral_conv``), ``text.`` (OpenCLIP
+names, blocks 0 … layers-2 only: the part the encoder runs) and ``vae.`` (LDM names without
+``first_stage_model.``), metadata ``{"format": "streamingt2v-refiner", "dtype": ..., "sources": <JSON>}`` (plus
+the tiny models' `streamingt2v_refiner_config`). Every accepted input of `refiner_files.load_ms_vid2vid` is
+accepted; each part is strictly checked before the cast; non-finite values after the cast refuse the file.
+`refiner_files.load_ms_vid2vid(OUTPUT)` loads it alone.
+
 Exit codes: 0 written, 1 refused (unreadable, wrong model, non-finite values), 2 bad usage.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -190,11 +203,117 @@ def write_converted(
     return metadata
 
 
+def convert_refiner(
+    unet_path: str | os.PathLike,
+    text_path: str | os.PathLike,
+    vae_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float16,
+    config=None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of the pack's single refiner file (refine_stage.md §6.3), not yet written.
+
+    Inputs are anything `refiner_files.load_ms_vid2vid` accepts in the same slot (the architecture comes from
+    ``config``, else from each file's embedded `RefinerConfig`, else full size). Returns ``(tensors, metadata)``
+    with ``unet.`` / ``text.`` / ``vae.`` names cast to ``dtype``. Raises `CheckpointLayoutError`,
+    `refiner_files.MissingRefinerFilesError` or `NonFiniteWeightsError`.
+    """
+    from . import refiner_files as rf
+    from .refiner_model import REFINER_CONFIG_KEY, RefinerConfig
+
+    files = {}
+    for slot, path in (("unet", unet_path), ("text", text_path), ("vae", vae_path)):
+        if not Path(path).exists():
+            raise rf.MissingRefinerFilesError(f"the refiner {slot} file `{path}` does not exist")
+        files[slot] = rf.read_refiner_file(path if slot != "vae" else rf.vae_source_path(Path(path)))
+    configs = {slot: rf.resolve_config(f, config) for slot, f in files.items()}
+    parts = {
+        "unet": rf.official_unet_state(files["unet"], configs["unet"]),
+        "text": rf.openclip_text_state(files["text"], configs["text"]),
+        "vae": rf.ldm_vae_state(files["vae"], rf.refiner_vae_config(configs["vae"])),
+    }
+    out = {f"{slot}.{k}": (v.to(dtype) if v.is_floating_point() else v)
+           for slot, sd in parts.items() for k, v in sd.items()}
+    bad = non_finite_tensors(out)
+    if bad:
+        raise NonFiniteWeightsError(bad, dtype)
+    sources = {slot: {"file": f.info.path.name, "bytes": int(f.info.size), "content": rf.KIND_WORDS[f.kind]}
+               for slot, f in files.items()}
+    metadata = {"format": rf.PACK_FORMAT, "dtype": _DTYPE_NAMES[dtype], "sources": json.dumps(sources)}
+    if len({c.to_json() for c in configs.values()}) != 1:
+        raise CheckpointLayoutError(
+            f"the three refiner files describe different architectures (their {REFINER_CONFIG_KEY} entries "
+            "differ, or only some have one); they do not belong together")
+    if configs["unet"] != RefinerConfig():  # tiny models record their architecture; full size needs nothing
+        metadata[REFINER_CONFIG_KEY] = configs["unet"].to_json()
+    return out, metadata
+
+
+def write_refiner(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str], output: str | os.PathLike) -> None:
+    """Write the refiner file (via a ``.part`` file, then renamed)."""
+    from safetensors.torch import save_file
+
+    output = Path(output)
+    partial = output.with_name(output.name + ".part")
+    try:
+        save_file(_unshared(sd), str(partial), metadata=dict(metadata))
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _refiner_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m streaming_core.convert refiner",
+        description="Convert the three MS-Vid2Vid-XL files into one fp16/bf16 safetensors file "
+        "(refine_stage.md §6.3).",
+    )
+    parser.add_argument("--unet", required=True, help="non_ema_0035000.pth (or an accepted equivalent)")
+    parser.add_argument("--text", required=True, help="open_clip_pytorch_model.bin (or a text-only OpenCLIP file)")
+    parser.add_argument("--vae", required=True, help="v2-1_512-ema-pruned.ckpt (or an LDM / diffusers VAE)")
+    parser.add_argument("output", help="the .safetensors file to write")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="target dtype (default fp16)")
+    return parser
+
+
+def refiner_main(argv: Sequence[str]) -> int:
+    """`python -m streaming_core.convert refiner ...`; returns the exit code (0 written, 1 refused, 2 usage)."""
+    try:
+        args = _refiner_parser().parse_args(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    output = Path(args.output)
+    for path in (args.unet, args.text, args.vae):
+        if not Path(path).exists():
+            print(f"error: input `{path}` does not exist", file=sys.stderr)
+            return 2
+        if output.exists() and Path(path).resolve() == output.resolve():
+            print(f"error: output `{output}` is an input file; choose another name", file=sys.stderr)
+            return 2
+    if not output.parent.is_dir():
+        print(f"error: folder `{output.parent}` of the output does not exist", file=sys.stderr)
+        return 2
+    try:
+        converted, metadata = convert_refiner(args.unet, args.text, args.vae, dtype=DTYPES[args.dtype])
+        write_refiner(converted, metadata, output)
+    except (CheckpointLayoutError, NonFiniteWeightsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    counts = {p: sum(1 for k in converted if k.startswith(p + ".")) for p in ("unet", "text", "vae")}
+    nbytes = sum(v.numel() * v.element_size() for v in converted.values())
+    print(f"wrote {output}: {len(converted)} tensors ({', '.join(f'{p} {n}' for p, n in counts.items())}), "
+          f"{nbytes / 1e9:.3f} GB {metadata['dtype']}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m streaming_core.convert",
         description="Convert a StreamingT2V checkpoint (streaming_t2v.ckpt, VidXTend or safetensors) to one "
         "fp16/bf16 safetensors file with the official key names (stream_stage.md §13.5).",
+        epilog="For the MS-Vid2Vid-XL refiner: python -m streaming_core.convert refiner --help",
     )
     parser.add_argument("input", help="streaming_t2v.ckpt, vidxtend.safetensors or another supported file")
     parser.add_argument("output", help="the .safetensors file to write")
@@ -208,7 +327,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (0 written, 1 refused, 2 bad usage)."""
+    """Command-line entry point; returns the exit code (0 written, 1 refused, 2 bad usage).
+
+    ``refiner`` as the first argument selects the refiner target (`refiner_main`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["refiner"]:
+        return refiner_main(argv[1:])
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ import re
 import struct
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -150,13 +150,18 @@ def describe(info: FileInfo) -> str:
     return f"`{info.path.name}` ({info.container})"
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], FileInfo]:
+def read_state_dict(
+    path: str | os.PathLike, *, unpickle: Callable[[Path, bool], object] | None = None
+) -> tuple[dict[str, torch.Tensor], FileInfo]:
     """Read every tensor of a weights file or diffusers folder, detecting the format by content (§13.3 item 1).
 
     Safetensors files are memory-mapped; zip-pickle torch files are loaded with ``mmap=True,
     weights_only=True`` and only their ``"state_dict"`` entry is kept, so optimizer state stays on disk
     (§13.3 item 2). Tensors stay on the CPU in their stored dtype. Raises `CheckpointLayoutError` for anything
     that is not a readable weights container, and `FileNotFoundError` when the path does not exist.
+
+    ``unpickle(path, mmap) -> object`` replaces the ``torch.load(weights_only=True)`` call for torch files; it
+    must be at least as restrictive (the refiner passes `safe_pickle.load`, refine_stage.md §6.2 item 5).
     """
     path = Path(path)
     if not path.exists():
@@ -173,7 +178,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], F
     if kind == "index":
         return _read_sharded_index(path, container="safetensors_sharded")
     if kind == "torch_zip":
-        sd = _read_torch(path, mmap=True)
+        sd = _read_torch(path, mmap=True, unpickle=unpickle)
         return sd, FileInfo(path, "torch_zip", {}, (path,), size)
     if kind == "torch_legacy":
         logger.warning(
@@ -183,7 +188,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], F
             path.name,
             size / 1e9,
         )
-        sd = _read_torch(path, mmap=False)
+        sd = _read_torch(path, mmap=False, unpickle=unpickle)
         return sd, FileInfo(path, "torch_legacy", {}, (path,), size)
     raise CheckpointLayoutError(
         f"`{path}` is not a weights file this pack can read: {kind}. Expected a safetensors file, a PyTorch "
@@ -389,10 +394,14 @@ def _choose_variant(candidates: list[Path]) -> Path:
     return min(candidates, key=rank)
 
 
-def _read_torch(path: Path, *, mmap: bool) -> dict[str, torch.Tensor]:
+def _read_torch(
+    path: Path, *, mmap: bool, unpickle: Callable[[Path, bool], object] | None = None
+) -> dict[str, torch.Tensor]:
     """``torch.load(..., weights_only=True)``; never falls back to full unpickling (§13.3 item 2)."""
     try:
-        if path.name.endswith(".safetensors"):
+        if unpickle is not None:
+            obj = unpickle(path, mmap)
+        elif path.name.endswith(".safetensors"):
             obj = _load_misnamed_torch(path, mmap=mmap)
         else:
             obj = torch.load(str(path), map_location="cpu", mmap=mmap, weights_only=True)

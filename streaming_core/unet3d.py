@@ -1,5 +1,8 @@
 """The ModelScope text-to-video UNet3D with the StreamingT2V injection points (stream_stage.md §3, §6.3, §7.5).
 
+The same class is the MS-Vid2Vid-XL refiner UNet (refine_stage.md §3.5) when built vanilla with
+`UNet3DConfig(resampler_geometry="ms_vid2vid")`; official refiner names map onto it through `refiner_names`.
+
 Two modes, same class:
 * vanilla (`streaming=False`): the plain ModelScope UNet (first chunk), 77-token context, diffusers key names;
 * streaming (`streaming=True`, the `base_model.*` of `streaming_t2v.ckpt`): 13 CAM injectors
@@ -16,11 +19,14 @@ from torch import nn
 
 from .cam import Injector
 from .config import ApmConfig, CamConfig, UNet3DConfig
+from .refine_geometry import check_refiner_latent_size
 from .unet_blocks import EncoderStem, build_up_blocks
 
 
 class UNet3D(EncoderStem):
-    """ε-prediction network. forward(sample (B, 4, F, h, w), timestep, context (B, L, D), cam) -> (B, 4, F, h, w)."""
+    """forward(sample (B, 4, F, h, w), timestep, context (B, L, D), cam) -> (B, 4, F, h, w): ε-prediction for the
+    stream stage, v-prediction with the MS-Vid2Vid-XL refiner weights (geometry `ms_vid2vid`, whose latent sizes
+    are checked before any work: h ≡ 2, w ≡ 0 (mod 8) with three downsamplers)."""
 
     def __init__(self, cfg: UNet3DConfig, streaming: bool = False, cam: CamConfig | None = None,
                  apm: ApmConfig | None = None) -> None:
@@ -54,6 +60,9 @@ class UNet3D(EncoderStem):
         cam_residuals: 12 down features + 1 mid feature, each (B·F_cond, C_i, h_i, w_i), required in streaming mode.
         """
         b, c, f, h, w = sample.shape
+        vid2vid = self.cfg.resampler_geometry == "ms_vid2vid"
+        if vid2vid:
+            check_refiner_latent_size(h, w, downsamplers=len(self.cfg.block_out_channels) - 1)
         if self.streaming and cam_residuals is None:
             raise ValueError("the streaming UNet needs the CAM residuals (12 down + 1 mid); none were given")
         if not self.streaming and cam_residuals is not None:
@@ -76,7 +85,7 @@ class UNet3D(EncoderStem):
         for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
-            size = tuple(skips[-1].shape[-2:]) if skips else None
+            size = tuple(skips[-1].shape[-2:]) if skips and not vid2vid else None
             x = block(x, tuple(block_skips), temb, context, f, size)
         # 6. post-process
         x = self.conv_out(F.silu(self.conv_norm_out(x)))

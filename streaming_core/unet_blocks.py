@@ -45,7 +45,8 @@ class DownBlock3D(nn.Module):
         else:
             self.attentions = None
             self.temp_attentions = None
-        self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if add_downsample else None
+        padding = (2, 1) if cfg.resampler_geometry == "ms_vid2vid" else 1
+        self.downsamplers = nn.ModuleList([Downsample2D(out_channels, padding)]) if add_downsample else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor, num_frames: int):
         skips = []
@@ -106,7 +107,8 @@ class UpBlock3D(nn.Module):
         else:
             self.attentions = None
             self.temp_attentions = None
-        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+        crop = cfg.resampler_geometry == "ms_vid2vid"
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels, crop)]) if add_upsample else None
 
     def forward(self, x: torch.Tensor, skips: tuple[torch.Tensor, ...], temb: torch.Tensor,
                 context: torch.Tensor, num_frames: int, upsample_size: tuple[int, int] | None):

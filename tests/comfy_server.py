@@ -5,6 +5,7 @@ $ST2V_COMFY_DIR) on a free local port with a private base directory:
 
     <tmp>/comfy/custom_nodes/streamingt2v-longvideo -> the repository (symlink, the pack's link name)
     <tmp>/comfy/models/streamingt2v/                 tiny default weights (python -m streaming_core.tiny_default)
+                                                      + refiner_tiny/ (python -m streaming_core.tiny_refiner)
                                                       + a corrupt file for the model-error test
     <tmp>/comfy/input/                               example media of the shipped workflows (workflows/inputs/)
     <tmp>/comfy/comfyui.log                          the server's log (printed in failure messages)
@@ -32,7 +33,7 @@ if str(REPO_ROOT / "scripts") not in sys.path:
 from comfy_harness import PACK_LINK_NAME  # noqa: E402
 from comfy_harness.client import ComfyClient, EventListener, RunResult  # noqa: E402
 from comfy_harness.server import (ComfyServer, comfy_dir, copy_example_inputs, prepare_base,  # noqa: E402
-                                  seed_tiny_weights)
+                                  seed_tiny_refiner, seed_tiny_weights)
 
 BROKEN_WEIGHTS = "zz_broken_for_tests.safetensors"
 RUN_TIMEOUT = float(os.environ.get("ST2V_TEST_RUN_TIMEOUT", "900"))
@@ -107,6 +108,7 @@ def start_server(base: pathlib.Path) -> ServerHandle:
     weights_error = None
     try:
         seed_tiny_weights(base / "models" / "streamingt2v", python=sys.executable, pack=REPO_ROOT)
+        seed_tiny_refiner(base / "models" / "streamingt2v", python=sys.executable, pack=REPO_ROOT)
     except Exception as exc:  # reported by require_weights() in the tests that need the files
         weights_error = f"{type(exc).__name__}: {exc}"
     (base / "models" / "streamingt2v" / BROKEN_WEIGHTS).write_bytes(b"this is not a safetensors file\n" * 4)

@@ -50,3 +50,35 @@ def test_full_size_parameter_counts_match_the_specification():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(net.unet) == 621_981_664
     assert count(net.base_model) == 1_480_478_804
+
+
+REFINER_MANIFEST = Path(__file__).parent / "reference" / "refiner_keys.tsv"
+
+
+def test_refine_layout_command_matches_the_refiner_manifest(capsys):
+    """refine_stage.md §20.2: official names (incl. `temopral_conv`), Conv1d temporal proj shapes (m, c, 1),
+    0 missing / 0 unexpected / 0 shape differences, in the manifest's order."""
+    assert main(["layout", "refine"]) == 0
+    text = capsys.readouterr().out
+    ours = parse(text)
+    official = parse(REFINER_MANIFEST.read_text())
+    missing = sorted(set(official) - set(ours))
+    unexpected = sorted(set(ours) - set(official))
+    shapes = sorted(k for k in set(ours) & set(official) if ours[k] != official[k])
+    assert (len(missing), len(unexpected), len(shapes)) == (0, 0, 0), (missing[:5], unexpected[:5], shapes[:5])
+    assert list(ours) == list(official)
+    lines = text.splitlines()
+    assert "input_blocks.0.1.proj_in.weight\t(512, 320, 1)" in lines
+    assert "input_blocks.3.op.weight\t(320, 320, 3, 3)" in lines
+    assert "out.2.bias\t(4,)" in lines
+
+
+def test_refiner_parameter_count_matches_the_specification():
+    """refine_stage.md §3.1: 1,411,233,860 parameters in 1480 tensors."""
+    import math
+
+    from streaming_core.refiner_names import official_layout
+
+    layout = official_layout()
+    assert len(layout) == 1480
+    assert sum(math.prod(shape) for _, shape in layout) == 1_411_233_860

@@ -16,6 +16,10 @@ from .client import ComfyClient, ComfyError
 
 DEFAULT_COMFY_DIR = REPO_ROOT / ".comfyui" / "ComfyUI"
 TINY_WEIGHTS = ("streamingt2v_tiny.safetensors", "modelscope_t2v_tiny.safetensors")
+# tiny random refiner (`python -m streaming_core.tiny_refiner`), in this subfolder of models/streamingt2v
+TINY_REFINER_DIR = "refiner_tiny"
+TINY_REFINER_FILES = ("refiner_tiny_non_ema.pth", "refiner_tiny_open_clip.bin", "refiner_tiny_sd21.ckpt")
+TINY_REFINER_DIFFUSERS = "refiner_tiny_t2v_diffusers"
 EXAMPLE_INPUTS = REPO_ROOT / "workflows" / "inputs"
 
 
@@ -73,6 +77,28 @@ def seed_tiny_weights(models_dir: pathlib.Path, python: str = sys.executable,
         raise RuntimeError(f"`{' '.join(cmd)}` did not write {missing} into {models_dir}; "
                            f"it wrote {sorted(p.name for p in models_dir.iterdir())}")
     return wanted
+
+
+def seed_tiny_refiner(models_dir: pathlib.Path, python: str = sys.executable,
+                      pack: pathlib.Path | None = None, timeout: float = 600.0) -> pathlib.Path:
+    """Write the tiny random refiner files into `models_dir/refiner_tiny/` with
+    `python -m streaming_core.tiny_refiner` (skipped when they exist); returns that folder.
+
+    The shipped refiner workflows name them as `refiner_tiny/<file>` (MS-Vid2Vid-XL loader) and
+    `refiner_tiny/refiner_tiny_t2v_diffusers` (diffusers loader). Raises RuntimeError with the output on failure.
+    """
+    folder = pathlib.Path(models_dir) / TINY_REFINER_DIR
+    wanted = [folder / name for name in TINY_REFINER_FILES] + [folder / TINY_REFINER_DIFFUSERS / "unet" / "config.json"]
+    if all(p.is_file() for p in wanted):
+        return folder
+    pack = pathlib.Path(pack or pack_dir())
+    cmd = [python, "-m", "streaming_core.tiny_refiner", str(folder)]
+    proc = subprocess.run(cmd, cwd=pack, capture_output=True, text=True, timeout=timeout)
+    missing = [str(p.relative_to(folder)) for p in wanted if not p.is_file()]
+    if proc.returncode != 0 or missing:
+        raise RuntimeError(f"`{' '.join(cmd)}` (cwd {pack}) failed (exit code {proc.returncode}, missing {missing}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return folder
 
 
 def copy_example_inputs(input_dir: pathlib.Path) -> list[pathlib.Path]:

@@ -15,6 +15,9 @@ INPUTS_DIR = WORKFLOWS_DIR / "inputs"
 
 TEXT_WORKFLOW = "streamingt2v_text_to_long_video"
 EXTEND_WORKFLOW = "streamingt2v_extend_clip"
+FULL_PIPELINE_WORKFLOW = "streamingt2v_full_pipeline"
+REFINE_VIDEO_WORKFLOW = "streamingt2v_refine_any_video"
+REFINE_WORKFLOWS = (FULL_PIPELINE_WORKFLOW, REFINE_VIDEO_WORKFLOW)  # workflows with a Refiner SDEdit node
 
 FIRST_CHUNK_FRAMES = 16
 NEW_FRAMES_PER_CHUNK = 8
@@ -80,9 +83,11 @@ def tweak(api: dict, *, steps: int | None = None, seed: int | None = None, prefi
 
     `seed` is used by every sampling node (offset by one per node so the nodes do not share noise), which
     together with a unique `prefix` keeps ComfyUI's cache from skipping the run (runtime spec pitfall 6).
+    `steps`, `seed` and `prefix` also apply to Refiner SDEdit (its `save_to_file`, when set).
     """
     api = copy.deepcopy(api)
-    sampling = nodes_of(api, "ST2V_InitChunk") + nodes_of(api, "ST2V_CAMStreamingExtend")
+    sampling = (nodes_of(api, "ST2V_InitChunk") + nodes_of(api, "ST2V_CAMStreamingExtend")
+                + nodes_of(api, "ST2V_RefinerSDEdit"))
     for offset, node_id in enumerate(sampling):
         inputs = api[node_id]["inputs"]
         if steps is not None:
@@ -97,6 +102,9 @@ def tweak(api: dict, *, steps: int | None = None, seed: int | None = None, prefi
     if prefix is not None:
         for node_id in nodes_of(api, "SaveVideo"):
             api[node_id]["inputs"]["filename_prefix"] = prefix
+        for node_id in nodes_of(api, "ST2V_RefinerSDEdit"):
+            if api[node_id]["inputs"].get("save_to_file"):
+                api[node_id]["inputs"]["save_to_file"] = prefix
     return api
 
 
