@@ -1,5 +1,6 @@
-"""Stream-stage benchmark: ratios measured side by side in one run.
+"""Benchmarks: ratios measured side by side in one run.
 
+    python -m streaming_core.bench refine ...   (see bench_refine.py)
     python -m streaming_core.bench stream [--model FILE | --random-full] [--device cuda] [--dtype fp16]
                                           [--steps 10] [--short 48] [--long 240]
 
@@ -227,10 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="also print the top operators of one guided evaluation")
     p.add_argument("--speedups", action="store_true", help="only compare eager and channels_last convolutions")
     p.add_argument("--compile", action="store_true", help="with --speedups, also try torch.compile (slow warm-up)")
+    r = sub.add_parser("refine")
+    r.add_argument("--random-full", action="store_true", help="full-size MS-Vid2Vid-XL with random weights")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--dtype", choices=sorted(DTYPES), default=None)
+    r.add_argument("--steps", type=int, default=None, help="solver steps (default 30 on CUDA, 3 on CPU)")
+    r.add_argument("--short", type=int, default=24, help="frames of the short video; the long one has 4x")
+    r.add_argument("--chunk", type=int, default=24)
+    r.add_argument("--overlap", type=int, default=8)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
+    if args.command == "refine":
+        from .bench_refine import main as refine_main
+        return refine_main(args)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     steps = args.steps or (50 if device.type == "cuda" else 5)
