@@ -5,7 +5,7 @@ which node modules are required and which are optional.
 """
 from __future__ import annotations
 
-from . import loaders, stream
+from . import loaders, metrics, stream
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
@@ -17,5 +17,9 @@ NODE_DISPLAY_NAME_MAPPINGS.update(loaders.NODE_DISPLAY_NAME_MAPPINGS)
 # ---- stream: init chunk, APM anchor, CAM streaming extension -----------------------------------------------
 NODE_CLASS_MAPPINGS.update(stream.NODE_CLASS_MAPPINGS)
 NODE_DISPLAY_NAME_MAPPINGS.update(stream.NODE_DISPLAY_NAME_MAPPINGS)
+
+# ---- metrics: weight-free consistency metrics (SCuts, MAWE~, seam ratio, colour drift) ---------------------
+NODE_CLASS_MAPPINGS.update(metrics.NODE_CLASS_MAPPINGS)
+NODE_DISPLAY_NAME_MAPPINGS.update(metrics.NODE_DISPLAY_NAME_MAPPINGS)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
