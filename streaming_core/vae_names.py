@@ -120,8 +120,10 @@ def _rename(key: str, n_levels: int) -> str:
 def vae_config_from_ldm(ddconfig: Mapping, embed_dim: int, scaling_factor: float = 0.18215) -> VaeConfig:
     """`VaeConfig` of the diffusers model equivalent to an LDM `AutoencoderKL(ddconfig, embed_dim)`.
 
-    Widths `ch·ch_mult[i]`, `num_res_blocks` resnets per encoder level. Raises ValueError for LDM settings
-    `vae.Vae` cannot represent (attention inside levels, a single `z`, `embed_dim != z_channels`).
+    Widths `ch·ch_mult[i]`, `num_res_blocks` resnets per encoder level. LDM always uses 32 GroupNorm groups;
+    the pack's trained toy refiner (docs/training.md) sets the extension key `norm_num_groups` in its embedded
+    ddconfig. Raises ValueError for LDM settings `vae.Vae` cannot represent (attention inside levels, a single
+    `z`, `embed_dim != z_channels`).
     """
     if list(ddconfig.get("attn_resolutions", [])):
         raise ValueError(f"LDM VAE with attn_resolutions {ddconfig['attn_resolutions']} is not supported")
@@ -136,5 +138,6 @@ def vae_config_from_ldm(ddconfig: Mapping, embed_dim: int, scaling_factor: float
         block_out_channels=tuple(ch * int(m) for m in ddconfig["ch_mult"]),
         layers_per_block=int(ddconfig["num_res_blocks"]),
         latent_channels=int(embed_dim),
+        norm_num_groups=int(ddconfig.get("norm_num_groups", 32)),
         scaling_factor=float(scaling_factor),
     )
