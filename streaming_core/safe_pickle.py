@@ -28,8 +28,9 @@ import pickle
 import re
 import threading
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -147,6 +148,24 @@ def globals_in_checkpoint(path: str | os.PathLike) -> list[str]:
         raise CheckpointLayoutError(f"`{path}`: its data.pkl cannot be parsed ({exc}); the file is damaged") from None
 
 
+@contextmanager
+def _only_our_safe_globals() -> Iterator[None]:
+    """Allow exactly torch's weights-only globals plus `STAND_INS` while loading.
+
+    Other code in the process may have registered real classes under the same names (ComfyUI registers the real
+    Lightning callback and NumPy scalar for its own loads); they are set aside for the duration of the load and
+    restored afterwards, so the result never depends on who else is loaded.
+    """
+    previous = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        torch.serialization.add_safe_globals(_allow_list())
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(previous)
+
+
 def _torch_allowed_names() -> set[str]:
     from torch import _weights_only_unpickler as wou
 
@@ -172,7 +191,7 @@ def load(path: str | os.PathLike, *, mmap: bool | None = None) -> Any:
         mmap = is_zip
     if mmap and not is_zip:
         raise CheckpointLayoutError(f"`{path}` is not a zip-format torch checkpoint, so it cannot be memory-mapped")
-    with _LOCK, torch.serialization.safe_globals(_allow_list()):
+    with _LOCK, _only_our_safe_globals():
         if is_zip:
             allowed = _torch_allowed_names() | set(STAND_INS)
             names = globals_in_checkpoint(path)

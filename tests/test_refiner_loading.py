@@ -707,3 +707,20 @@ def test_the_golden_sets_files_from_the_official_code_load_through_the_component
     with safe_open(str(golden / "vae_weights.safetensors"), "pt") as f:
         assert torch.equal(vae.state_dict()["decoder.up_blocks.1.resnets.0.conv1.weight"],
                            f.get_tensor("first_stage_model.decoder.up.0.block.0.conv1.weight"))
+
+
+def test_safe_pickle_ignores_real_classes_other_code_registered_and_restores_them(tiny):
+    class ModelCheckpoint:  # what ComfyUI registers for its own Lightning loads: a real, importable class
+        pass
+
+    name = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+    before = list(torch.serialization.get_safe_globals())
+    torch.serialization.add_safe_globals([(ModelCheckpoint, name)])
+    try:
+        obj = safe_pickle.load(tiny["vae"])
+        (callback, _), = obj["callbacks"].items()
+        assert callback is safe_pickle.LightningCallbackStandIn
+        assert (ModelCheckpoint, name) in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)

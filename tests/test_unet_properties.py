@@ -12,7 +12,11 @@ from streaming_core.config import CamConfig
 from streaming_core.models import StreamingT2VNetwork
 from streaming_core.unet3d import UNet3D
 
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True, scope="module")
+def _no_grad():
+    """Inference only in this module; the global grad mode is restored afterwards for the other modules."""
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")
