@@ -686,12 +686,7 @@ class RefinerSDEdit:
                 offload=rt.offload_device(), dtype=_model_dtype(refiner), events=events, sinks=sinks,
                 keep_frames=False,  # `kept` holds what the IMAGE output needs
             )
-        except BaseException as exc:
-            for sink in sinks:  # refine_video closes them; this covers a failure before its own cleanup runs
-                try:
-                    sink.close()
-                except Exception:  # noqa: BLE001 - the original error is what the user needs to see
-                    log.debug("closing a refiner sink after an error failed", exc_info=True)
+        except BaseException as exc:  # refine_video has closed every sink by now, on every path
             if file_info is not None and os.path.isfile(file_info["path"]):
                 log.warning("Refiner SDEdit stopped (%s) after %d decoded frame(s); they are in the playable file %s",
                             type(exc).__name__, events.frames_finished, file_info["path"])
