@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Fresh-machine demo: sets everything up (scripts/setup.sh), generates the embedded tiny default model into
-# .demo/models/streamingt2v, starts a headless ComfyUI (CPU) with this pack, queues
-# workflows/api/streamingt2v_text_to_long_video.json through POST /prompt, waits, prints the output video
-# path and its frame count, and stops the server.
+# Fresh-machine demo: sets everything up (scripts/setup.sh), copies the embedded trained toy model (models/toy/)
+# into .demo/models/streamingt2v, starts a headless ComfyUI (CPU) with this pack, queues
+# workflows/api/streamingt2v_text_to_long_video.json (240 frames of "a red circle moving right on a gray
+# background") through POST /prompt, waits, prints the output video path and its frame count, and stops the
+# server.
 #
 #   bash scripts/demo.sh                      # the shipped workflow as is
 #   bash scripts/demo.sh --steps 4 --length 2 --length-mode chunks   # any scripts/run_workflow.py option
 #
-# The tiny default has RANDOM weights: the video is structured noise, the point is that every stage runs.
+# The toy model was trained on a procedural world of coloured shapes (docs/training.md): it knows prompts of the
+# form "a <colour> <circle|square|triangle> moving <direction> on a <colour> background" at 64x64 pixels.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from comfy_harness import workflows as wf  # noqa: E402
 from comfy_harness.cdp import Chromium, ComfyPage, png_to_jpeg  # noqa: E402
 from comfy_harness.server import (ComfyServer, copy_example_inputs, prepare_base,  # noqa: E402
-                                  seed_tiny_refiner, seed_tiny_weights)
+                                  seed_tiny_refiner, seed_tiny_weights, seed_toy_model)
 
 # Frontend settings for a clean canvas (POSTed before the page loads).
 CANVAS_SETTINGS = {
@@ -71,6 +71,7 @@ def main() -> int:
         base = prepare_base(pathlib.Path(tmp))
         seed_tiny_weights(base / "models" / "streamingt2v")
         seed_tiny_refiner(base / "models" / "streamingt2v")
+        seed_toy_model(base / "models" / "streamingt2v")
         copy_example_inputs(base / "input")
         with ComfyServer(base) as server:
             bad = server.import_failures()

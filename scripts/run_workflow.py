@@ -1,9 +1,9 @@
 """Queue an API-format workflow on a headless ComfyUI with this pack and wait for the video.
 
 By default it starts its own server (`main.py --cpu`) on a free port with `--base` as ComfyUI's base
-directory: the pack is linked into `<base>/custom_nodes/streamingt2v-longvideo`, the embedded tiny default
-weights are generated into `<base>/models/streamingt2v` (`python -m streaming_core.tiny_default`) unless
-present, and the example media of the shipped workflows are copied into `<base>/input`. With `--server URL`
+directory: the pack is linked into `<base>/custom_nodes/streamingt2v-longvideo`, the trained toy model shipped
+in `models/toy/` is copied into `<base>/models/streamingt2v` (the random tiny test weights are generated too
+when the workflow names them), and the example media of the shipped workflows are copied into `<base>/input`. With `--server URL`
 it uses a running ComfyUI instead (the files must already be in place there).
 
     .venv/bin/python scripts/run_workflow.py workflows/api/streamingt2v_text_to_long_video.json \\
@@ -27,7 +27,7 @@ from comfy_harness import PACK_LINK_NAME  # noqa: E402
 from comfy_harness import workflows as wf  # noqa: E402
 from comfy_harness.client import ComfyClient, ComfyError  # noqa: E402
 from comfy_harness.server import (ComfyServer, copy_example_inputs, prepare_base,  # noqa: E402
-                                  seed_tiny_refiner, seed_tiny_weights)
+                                  seed_tiny_refiner, seed_tiny_weights, seed_toy_model)
 
 
 def log(msg: str) -> None:
@@ -131,10 +131,16 @@ def main() -> int:
     base = args.base.resolve()
     prepare_base(base)
     models = base / "models" / "streamingt2v"
-    log(f"tiny default weights in {models} (python -m streaming_core.tiny_default)")
-    seed_tiny_weights(models)
-    if any(node["class_type"].startswith("ST2V_LoadRefiner") for node in prompt.values()):
-        log(f"tiny refiner in {models / 'refiner_tiny'} (python -m streaming_core.tiny_refiner)")
+    log(f"trained toy model (models/toy/) in {models}")
+    try:
+        seed_toy_model(models)
+    except FileNotFoundError as exc:
+        log(str(exc))
+        return 1
+    names = json.dumps(prompt)
+    if "_tiny" in names:  # a workflow that names the random tiny test weights
+        log(f"tiny test weights in {models} (python -m streaming_core.tiny_default, tiny_refiner)")
+        seed_tiny_weights(models)
         seed_tiny_refiner(models)
     copy_example_inputs(base / "input")
     def stop_on_term(signum, frame):  # `kill` stops the server too (SIGINT is ignored in background jobs)

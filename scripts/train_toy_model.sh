@@ -25,17 +25,18 @@ THREADS="${ST2V_TOY_THREADS:-1}"
 export OMP_NUM_THREADS="$THREADS"
 
 VIDEOS="${ST2V_TOY_VIDEOS:-384}"          # toy videos of 48 frames in the latent pool (18,432 frames)
+# one object on a solid background (`--toy-simple`): the scenes of the shipped workflows and the ablation
 REFINER_VIDEOS="${ST2V_TOY_REFINER_VIDEOS:-96}"
-VAE_STEPS="${ST2V_TOY_VAE_STEPS:-400}"      # 16 frames per step
-BASE_STEPS="${ST2V_TOY_BASE_STEPS:-1000}"   # 4 clips of 16 frames per step
-CAM_STEPS="${ST2V_TOY_CAM_STEPS:-350}"      # 4 clips (8 conditioning + 16 chunk frames, anchor) per step
-CAM_APM_STEPS="${ST2V_TOY_CAM_APM_STEPS:-600}"
+VAE_STEPS="${ST2V_TOY_VAE_STEPS:-800}"      # 16 frames per step
+BASE_STEPS="${ST2V_TOY_BASE_STEPS:-3000}"   # 4 clips of 16 frames per step
+CAM_STEPS="${ST2V_TOY_CAM_STEPS:-400}"      # 4 clips (8 conditioning + 16 chunk frames, anchor) per step
+CAM_APM_STEPS="${ST2V_TOY_CAM_APM_STEPS:-500}"
 REFINER_STEPS="${ST2V_TOY_REFINER_STEPS:-250}"  # 2 clips of 24 frames at 80x64 per step
 
 train() {
   local stage="$1"; shift
   echo "[toy] ---- $stage ----" >&2
-  "$PY" -m streaming_core.train "$stage" --threads "$THREADS" --cache "$RUN/cache" --toy-frames 48 --seed 0 "$@"
+  "$PY" -m streaming_core.train "$stage" --threads "$THREADS" --cache "$RUN/cache" --toy-frames 48 --toy-simple --seed 0 "$@"
 }
 
 "$PY" -m streaming_core.train init --out "$RUN/00_init" --config toy --name toy --seed 0

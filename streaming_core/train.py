@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--toy-videos", type=int, default=1024)
         p.add_argument("--toy-frames", type=int, default=64, help="frames per toy video")
         p.add_argument("--toy-seed", type=int, default=0)
+        p.add_argument("--toy-simple", action="store_true",
+                       help="only scenes with one object on a solid background (the shipped toy model)")
         p.add_argument("--frame-step", type=int, default=1, help="keep every n-th frame of real videos")
         p.add_argument("--latents", choices=("pool", "on-the-fly"), default="pool",
                        help="encode the whole source once (pool) or every batch (large datasets)")
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dtype of the written model files (fp16 halves their size)")
         if stage == "vae":
             p.add_argument("--kl-weight", type=float, default=1e-4)
+            p.add_argument("--object-weight", type=float, default=10.0,
+                           help="extra loss weight of pixels away from the frame's median colour")
         if stage == "base":
             p.add_argument("--text-dropout", type=float, default=0.1)
             p.add_argument("--freeze-text", action="store_true", help="keep the text encoder fixed")
@@ -145,7 +149,7 @@ def _source(args, size, frames_needed: int):
     from .training.datasets import ToyWorldSource, VideoFolderSource
 
     if args.data == "toy":
-        return ToyWorldSource(args.toy_videos, args.toy_frames, size, args.toy_seed)
+        return ToyWorldSource(args.toy_videos, args.toy_frames, size, args.toy_seed, args.toy_simple)
     if not isinstance(size, int):
         raise SystemExit("--data with a folder needs a square frame size")
     return VideoFolderSource(args.data, size, frame_step=args.frame_step, min_frames=frames_needed)
@@ -222,7 +226,8 @@ def _make_stage(args, models, settings, device: torch.device, cache: Path):
 
     size = models.cfg.sample_size
     if args.stage == "vae":
-        return VaeStage(models, _source(args, size, 1), settings, device, kl_weight=args.kl_weight)
+        return VaeStage(models, _source(args, size, 1), settings, device, kl_weight=args.kl_weight,
+                        object_weight=args.object_weight)
     if args.stage == "refiner":
         from .training.refiner_export import refiner_config_for
         from .training.toy_config import TOY_REFINER_NATIVE, TOY_REFINER_UNET

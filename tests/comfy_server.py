@@ -33,7 +33,7 @@ if str(REPO_ROOT / "scripts") not in sys.path:
 from comfy_harness import PACK_LINK_NAME  # noqa: E402
 from comfy_harness.client import ComfyClient, EventListener, RunResult  # noqa: E402
 from comfy_harness.server import (ComfyServer, comfy_dir, copy_example_inputs, prepare_base,  # noqa: E402
-                                  seed_tiny_refiner, seed_tiny_weights)
+                                  seed_tiny_refiner, seed_tiny_weights, seed_toy_model)
 
 BROKEN_WEIGHTS = "zz_broken_for_tests.safetensors"
 RUN_TIMEOUT = float(os.environ.get("ST2V_TEST_RUN_TIMEOUT", "900"))
@@ -109,6 +109,7 @@ def start_server(base: pathlib.Path) -> ServerHandle:
     try:
         seed_tiny_weights(base / "models" / "streamingt2v", python=sys.executable, pack=REPO_ROOT)
         seed_tiny_refiner(base / "models" / "streamingt2v", python=sys.executable, pack=REPO_ROOT)
+        seed_toy_model(base / "models" / "streamingt2v")
     except Exception as exc:  # reported by require_weights() in the tests that need the files
         weights_error = f"{type(exc).__name__}: {exc}"
     (base / "models" / "streamingt2v" / BROKEN_WEIGHTS).write_bytes(b"this is not a safetensors file\n" * 4)

@@ -391,3 +391,24 @@ def test_colour_drift_measures_a_rendered_toy_video():
     assert torch.allclose(drift.reference, torch.tensor(meta["objects"][0]["rgb"]), atol=0.1)
     noise = torch.rand(64, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert colour_drift(noise).largest_fraction > 0.25
+
+
+def test_simple_toy_source_has_one_object_on_a_solid_background_and_its_own_cache_key():
+    full = ToyWorldSource(videos=40, frames=8, size=32, seed=1)
+    simple = ToyWorldSource(videos=40, frames=8, size=32, seed=1, simple=True)
+    scenes = [make_scene(simple.scene_seed(i)) for i in range(len(simple))]
+    assert all(len(s.objects) == 1 and s.split == "none" for s in scenes)
+    assert len({simple.scene_seed(i) for i in range(len(simple))}) == len(simple), "distinct scenes"
+    assert simple.caption(7) == scenes[7].caption and " and " not in simple.caption(7)
+    assert simple.key() != full.key()
+    assert torch.equal(simple.read(3, 2, 4), ToyWorldSource(40, 8, 32, 1, simple=True).read(3, 2, 4))
+
+
+def test_vae_loss_weights_object_pixels_above_the_background():
+    from streaming_core.training.stage_vae import pixel_weights
+
+    frame = torch.full((1, 3, 16, 16), -0.2)
+    frame[:, 0, 4:8, 4:8] = 0.9  # a red square on a gray frame
+    weights = pixel_weights(frame, object_weight=10.0)
+    assert weights.shape == (1, 1, 16, 16)
+    assert torch.all(weights[0, 0, 4:8, 4:8] == 11.0) and weights.sum() == 256 + 10 * 16

@@ -21,6 +21,12 @@ TINY_REFINER_DIR = "refiner_tiny"
 TINY_REFINER_FILES = ("refiner_tiny_non_ema.pth", "refiner_tiny_open_clip.bin", "refiner_tiny_sd21.ckpt")
 TINY_REFINER_DIFFUSERS = "refiner_tiny_t2v_diffusers"
 EXAMPLE_INPUTS = REPO_ROOT / "workflows" / "inputs"
+# the trained toy model shipped in the repository (scripts/train_toy_model.sh writes it): the stream and base
+# files go into models/streamingt2v, the refiner files into its subfolder refiner_toy/
+TOY_MODEL_DIR = REPO_ROOT / "models" / "toy"
+TOY_WEIGHTS = ("streamingt2v_toy.safetensors", "modelscope_t2v_toy.safetensors")
+TOY_REFINER_DIR = "refiner_toy"
+TOY_REFINER_FILES = ("refiner_toy_non_ema.pth", "refiner_toy_open_clip.bin", "refiner_toy_sd21.ckpt")
 
 
 def comfy_dir() -> pathlib.Path:
@@ -99,6 +105,28 @@ def seed_tiny_refiner(models_dir: pathlib.Path, python: str = sys.executable,
         raise RuntimeError(f"`{' '.join(cmd)}` (cwd {pack}) failed (exit code {proc.returncode}, missing {missing}):\n"
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return folder
+
+
+def seed_toy_model(models_dir: pathlib.Path, source: pathlib.Path | None = None) -> list[pathlib.Path]:
+    """Copy the shipped toy model (`models/toy/`) into a ComfyUI `models/streamingt2v` folder: the stream and
+    base files at the top, the refiner files in `refiner_toy/`, as the shipped workflows name them. Files that
+    are already there with the same size are kept. Raises FileNotFoundError naming the missing files and the
+    script that makes them."""
+    source = pathlib.Path(source or pack_dir() / "models" / "toy")
+    models_dir = pathlib.Path(models_dir)
+    plan = [(source / name, models_dir / name) for name in TOY_WEIGHTS]
+    plan += [(source / name, models_dir / TOY_REFINER_DIR / name) for name in TOY_REFINER_FILES]
+    missing = [str(src) for src, _ in plan if not src.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the shipped toy model is incomplete, missing {missing}; restore models/toy/ "
+                                f"from git or retrain it with `bash scripts/train_toy_model.sh`")
+    written = []
+    for src, dst in plan:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
+            shutil.copyfile(src, dst)
+        written.append(dst)
+    return written
 
 
 def copy_example_inputs(input_dir: pathlib.Path) -> list[pathlib.Path]:

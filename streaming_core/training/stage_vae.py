@@ -1,5 +1,9 @@
 """VAE stage: reconstruction (L1 + L2 in [-1, 1]) plus a small KL term, on single frames.
 
+Pixels that differ from their frame's median colour (the objects, on the toy world a few percent of the frame)
+get `object_weight` times the weight of the rest: with a plain mean the background dominates and the decoder
+learns washed-out object colours (measured on the toy world: object colour error 0.2-0.37 after 400 steps).
+
 At export the latent scale is normalised: the encoder's mean output is multiplied by k and the decoder's
 `post_quant_conv` input by 1/k (the posterior log-variance shifts by 2 ln k), an exact re-parameterisation chosen
 so that the scaled latents (times `scaling_factor`, kept at the SD value 0.18215) have unit standard deviation.
@@ -24,9 +28,10 @@ class VaeStage:
     name = "vae"
 
     def __init__(self, models: Models, source, settings: TrainSettings, device: torch.device,
-                 kl_weight: float = 1e-4) -> None:
+                 kl_weight: float = 1e-4, object_weight: float = 10.0) -> None:
         self.models, self.source, self.settings, self.device = models, source, settings, device
         self.kl_weight = kl_weight
+        self.object_weight = object_weight
         self.vae = models.network.vae
         self._named = prepare({"vae": self.vae}, [], settings, device)
 
@@ -54,7 +59,8 @@ class VaeStage:
         z = mean + (0.5 * logvar).exp() * noise
         y = vae.decoder(vae.post_quant_conv(z)).float()
         diff = y - x
-        rec = diff.abs().mean() + diff.pow(2).mean()
+        weight = pixel_weights(x, self.object_weight)
+        rec = ((diff.abs() + diff.pow(2)) * weight).sum() / (weight.sum() * x.shape[1])
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
         return rec + self.kl_weight * kl, {"rec": float(rec.detach()), "kl": float(kl.detach())}
 
@@ -84,3 +90,11 @@ def rescale_latents(vae, k: float) -> None:
     vae.quant_conv.bias[:c] *= k
     vae.quant_conv.bias[c:] += 2.0 * math.log(k)
     vae.post_quant_conv.weight /= k
+
+
+def pixel_weights(x: torch.Tensor, object_weight: float, threshold: float = 0.2) -> torch.Tensor:
+    """(B, 1, H, W) weights for frames x (B, 3, H, W) in [-1, 1]: 1 + object_weight where a pixel is more than
+    `threshold` (max over channels) from its frame's median colour, else 1."""
+    median = x.flatten(2).median(dim=2).values[:, :, None, None]
+    far = (x - median).abs().amax(dim=1, keepdim=True) > threshold
+    return 1.0 + object_weight * far.float()
