@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt", default="a red circle moving right on a gray background")
     ev.add_argument("--frames", type=int, default=240)
     ev.add_argument("--steps", type=int, default=10)
-    ev.add_argument("--init-steps", type=int, default=20)
+    ev.add_argument("--init-steps", type=int, default=50)
     ev.add_argument("--cfg", type=float, default=7.5)
     ev.add_argument("--seed", type=int, default=33)
     ev.add_argument("--video", type=Path, help="write the video here (mp4)")

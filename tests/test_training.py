@@ -370,7 +370,7 @@ def test_shipped_toy_model_keeps_the_object_colour_over_240_frames_with_apm():
     from streaming_core.training.toy_metrics import colour_drift
 
     video = generate_long_video(SHIPPED_TOY_MODEL, "a red circle moving right on a gray background", 240,
-                                steps=10, init_steps=20, seed=33)
+                                steps=10, seed=33)
     assert video.shape[0] >= 240
     drift = colour_drift(video)
     red = drift.reference

@@ -73,7 +73,7 @@ STREAM_LAYOUT = "first=16,stride=8"
 REFINE_CHUNK, REFINE_OVERLAP = 24, 8
 REFINER_SUFFIXES = ("_non_ema.pth", "_open_clip.bin", "_sd21.ckpt")
 
-DEFAULTS = {"frames": 240, "prompts": 2, "steps": 10, "seed": 33, "init_steps": 20, "cfg": 7.5, "init_cfg": 9.0,
+DEFAULTS = {"frames": 240, "prompts": 2, "steps": 10, "seed": 33, "init_steps": 50, "cfg": 7.5, "init_cfg": 9.0,
             "eta": 1.0, "metric_size": 128, "refine_frames": 72, "refine_steps": 15, "threads": 1}
 
 
@@ -159,7 +159,8 @@ def stream_videos(model: StreamModel, base: BaseModel, cam_model: StreamModel | 
     chunks = chunks_for_target(args.frames, "exact")
     common = dict(steps=args.steps, guidance_scale=args.cfg, eta=args.eta, seed=args.seed)
     with clock.part("first_chunks"):
-        first = generate_init_chunk(base, prompt, steps=args.init_steps, guidance_scale=args.init_cfg, seed=args.seed)
+        first = generate_init_chunk(base, prompt, steps=args.init_steps, guidance_scale=args.init_cfg, seed=args.seed,
+                                    sampler="ddim")
     videos = {}
     with clock.part("cam_apm"):
         videos["cam_apm"] = extend_video(model, first, first[0], [prompt], chunks, guidance_mode="single", **common)
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=d["prompts"], help="number of toy-world prompts")
     p.add_argument("--steps", type=int, default=d["steps"], help="DDIM steps per extension chunk")
     p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--init-steps", type=int, default=d["init_steps"], help="DPM-Solver++ steps of the first chunk")
+    p.add_argument("--init-steps", type=int, default=d["init_steps"], help="DDIM (eta 1) steps of the first chunk")
     p.add_argument("--cfg", type=float, default=d["cfg"], help="guidance of the extension chunks")
     p.add_argument("--init-cfg", type=float, default=d["init_cfg"], help="guidance of the first chunk")
     p.add_argument("--eta", type=float, default=d["eta"], help="DDIM eta of the extension chunks")

@@ -335,7 +335,7 @@ def render_results(results: dict) -> str:
         f"({', '.join(f'{k} {fmt(t, 0)} s' for k, t in results['wall_time_s'].items() if k != 'total')}) "
         f"on {results['machine'].get('summary', '')}.")
     parts.append(f"Settings: {s['frames_generated']} frames per video ({s['frames']} asked), {len(results['prompts'])} "
-                 f"prompt(s), seed {s['seed']}, first chunk {s['init_steps']} DPM-Solver++ steps at CFG {s['init_cfg']}, "
+                 f"prompt(s), seed {s['seed']}, first chunk {s['init_steps']} DDIM steps at CFG {s['init_cfg']}, "
                  f"extension chunks {s['steps']} DDIM steps (η = {s['eta']}) at CFG {s['cfg']}, metric size "
                  f"{s['metric_size']}², refinement of {s.get('refine_frames_used', s['refine_frames'])} frames with "
                  f"{s['refine_steps']} solver steps at strength {s['refine_strength']}.")
