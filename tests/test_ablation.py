@@ -258,3 +258,27 @@ def test_the_document_keeps_hand_written_text_and_replaces_only_the_results(tmp_
     text = path.read_text()
     assert "A hand-written note." in text and PLACEHOLDER not in text
     assert text.count(BEGIN) == 1 and text.count(END) == 1 and text.count("### A. Conditioning") == 1
+
+
+def test_cam_usage_is_zero_for_a_cam_whose_injectors_are_still_the_identity(micro):
+    from streaming_core.training.cam_usage import cam_usage
+    from streaming_core.training.init_weights import zero_stream_additions
+
+    model = copy.deepcopy(micro[0])
+    zero_stream_additions(model.network)
+    usage = cam_usage(model, clips=2, timesteps=(100, 600))
+    assert usage["with_cam"] == usage["without_cam"] and usage["reduction"] == 0.0
+    with torch.no_grad():  # an injector that adds something makes the two losses differ
+        model.network.base_model.cross_attention_merger_mid_block.temporal_transformer.proj_out.bias.fill_(0.5)
+    assert cam_usage(model, clips=2, timesteps=(100, 600))["with_cam"] != usage["with_cam"]
+
+
+def test_the_report_names_an_unused_cam_as_the_reason_when_cam_loses():
+    results = _fake_results()
+    results["conditioning"]["variants"]["cam_apm"]["per_prompt"][0]["seam_ratio"] = 40.0
+    results["conditioning"]["cam_usage"] = {"timesteps": [50, 200], "with_cam": [0.02, 0.01],
+                                            "without_cam": [0.0201, 0.01], "mean_with": 0.015,
+                                            "mean_without": 0.01505, "reduction": 0.0033}
+    text = render_results(results)
+    assert "has not learned to use its conditioning" in text and "(0.3% lower" in text
+    assert "residuals zeroed 0.02010, 0.01000" in text

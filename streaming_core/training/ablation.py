@@ -66,6 +66,7 @@ from .ablation_metrics import object_drift, score
 from .ablation_report import write_json, write_markdown
 from .ablation_variants import (apm_disabled, extend_by_replacement, extend_independently, overlap_midpoints,
                                 refine_independent_chunks)
+from .cam_usage import cam_usage
 from .model_io import find_models
 
 FIRST_SCENE_SEED = 10_000
@@ -246,7 +247,8 @@ def run_ablation(args) -> dict:
 
     Layout: `command`, `finished`, `settings` (every CLI value plus `frames_generated`), `machine`, `models`
     ({file name: sha256[:12]}), `prompts` ([{scene_seed, prompt}]), `wall_time_s` ({total, part: s}),
-    `conditioning` / `apm`: {"variants": {key: {"label", "per_prompt": [one dict per prompt]}}} (conditioning
+    `conditioning` / `apm`: {"variants": {key: {"label", "per_prompt": [one dict per prompt]}}}, conditioning also
+    `cam_usage` (`cam_usage.cam_usage` of the model) (conditioning
     rows: `ablation_metrics.score` output; APM rows: `object_drift` output plus `frame_delta_e_max`),
     `refinement`: {"skipped": reason} or {prompt, frames, chunk_starts, cuts, refiner, strength, cfg,
     output_size, variants: {key: {"label", "scores"}}}.
@@ -288,6 +290,9 @@ def run_ablation(args) -> dict:
                 drift = object_drift(videos[source])
                 apm[key]["per_prompt"].append({"prompt": p["prompt"], **drift,
                                                "frame_delta_e_max": scores[source]["color"]["delta_e_max"]})
+    with clock.part("cam_usage"):
+        usage = cam_usage(model)
+    log(f"CAM usage: ε loss {usage['mean_with']:.5f} with the CAM, {usage['mean_without']:.5f} without")
     log("refinement")
     refinement = run_refinement(model_dir, first_video, prompts[0]["prompt"], args, clock)
     frames_generated = int(first_video.shape[0])
@@ -303,7 +308,7 @@ def run_ablation(args) -> dict:
         "models": {p.name: sha12(p) for p in hashed},
         "prompts": prompts,
         "wall_time_s": clock.summary(),
-        "conditioning": {"layout": STREAM_LAYOUT, "variants": conditioning},
+        "conditioning": {"layout": STREAM_LAYOUT, "variants": conditioning, "cam_usage": usage},
         "apm": {"variants": apm},
         "refinement": refinement,
     }
