@@ -282,3 +282,11 @@ def test_the_report_names_an_unused_cam_as_the_reason_when_cam_loses():
     text = render_results(results)
     assert "has not learned to use its conditioning" in text and "(0.3% lower" in text
     assert "residuals zeroed 0.02010, 0.01000" in text
+
+
+def test_the_report_names_unopened_apm_gates_as_the_reason_when_apm_does_not_help():
+    results = _fake_results()
+    results["apm"]["variants"]["apm_on"]["per_prompt"][0]["delta_e_max"] = 5.0
+    results["apm"]["gate_max_abs"] = 0.006
+    text = render_results(results)
+    assert "the toy APM has barely switched on" in text and "|α| = 0.0060" in text

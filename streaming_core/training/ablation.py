@@ -64,7 +64,7 @@ from ..stream import extend_video, generate_init_chunk
 from ..toy_world import make_scene
 from .ablation_metrics import object_drift, score
 from .ablation_report import write_json, write_markdown
-from .ablation_variants import (apm_disabled, extend_by_replacement, extend_independently, overlap_midpoints,
+from .ablation_variants import (apm_disabled, apm_gates, extend_by_replacement, extend_independently, overlap_midpoints,
                                 refine_independent_chunks)
 from .cam_usage import cam_usage
 from .model_io import find_models
@@ -247,6 +247,7 @@ def run_ablation(args) -> dict:
 
     Layout: `command`, `finished`, `settings` (every CLI value plus `frames_generated`), `machine`, `models`
     ({file name: sha256[:12]}), `prompts` ([{scene_seed, prompt}]), `wall_time_s` ({total, part: s}),
+    `apm` also `gate_max_abs` (largest |α| of the model's APM gates),
     `conditioning` / `apm`: {"variants": {key: {"label", "per_prompt": [one dict per prompt]}}}, conditioning also
     `cam_usage` (`cam_usage.cam_usage` of the model) (conditioning
     rows: `ablation_metrics.score` output; APM rows: `object_drift` output plus `frame_delta_e_max`),
@@ -309,7 +310,7 @@ def run_ablation(args) -> dict:
         "prompts": prompts,
         "wall_time_s": clock.summary(),
         "conditioning": {"layout": STREAM_LAYOUT, "variants": conditioning, "cam_usage": usage},
-        "apm": {"variants": apm},
+        "apm": {"variants": apm, "gate_max_abs": max(float(g.detach().abs().max()) for g in apm_gates(model.unet))},
         "refinement": refinement,
     }
 
