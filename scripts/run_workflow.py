@@ -3,8 +3,8 @@
 By default it starts its own server (`main.py --cpu`) on a free port with `--base` as ComfyUI's base
 directory: the pack is linked into `<base>/custom_nodes/streamingt2v-longvideo`, the trained toy model shipped
 in `models/toy/` is copied into `<base>/models/streamingt2v` (the random tiny test weights are generated too
-when the workflow names them), and the example media of the shipped workflows are copied into `<base>/input`. With `--server URL`
-it uses a running ComfyUI instead (the files must already be in place there).
+when the workflow names them), and the example media of the shipped workflows are copied into `<base>/input`.
+With `--server URL` it uses a running ComfyUI instead (the files must already be in place there).
 
     .venv/bin/python scripts/run_workflow.py workflows/api/streamingt2v_text_to_long_video.json \\
         --base .demo [--steps 8] [--length-mode chunks --length 2] [--seed 7] [--prefix video/demo]

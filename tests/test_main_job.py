@@ -9,6 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +45,27 @@ def test_readme_main_job_writes_a_long_video_of_the_prompted_object(tmp_path):
     red = drift.reference
     assert red[0] > red[1] + 0.2 and red[0] > red[2] + 0.2, f"first chunk object colour {red} is not red"
     assert drift.smallest_object >= 8.0, f"the object vanished: {drift.smallest_object:.1f} px in some chunk"
+
+
+def test_the_toy_model_is_copied_where_the_shipped_workflows_name_it_and_refreshed_when_it_changes(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from comfy_harness.server import seed_toy_model
+
+    source = tmp_path / "toy"
+    source.mkdir()
+    names = ["streamingt2v_toy.safetensors", "modelscope_t2v_toy.safetensors", "refiner_toy_non_ema.pth",
+             "refiner_toy_open_clip.bin", "refiner_toy_sd21.ckpt"]
+    for name in names:
+        (source / name).write_bytes(b"old!")
+    models = tmp_path / "models" / "streamingt2v"
+    written = seed_toy_model(models, source)
+    assert sorted(p.relative_to(models).as_posix() for p in written) == sorted(
+        names[:2] + [f"refiner_toy/{n}" for n in names[2:]])
+    (source / names[2]).write_bytes(b"new!")  # a retrained file of the same size replaces the old copy
+    seed_toy_model(models, source)
+    assert (models / "refiner_toy" / names[2]).read_bytes() == b"new!"
+    (source / names[0]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"streamingt2v_toy\.safetensors.*train_toy_model\.sh"):
+        seed_toy_model(models, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import os
 import pathlib
 import shutil
@@ -21,9 +22,8 @@ TINY_REFINER_DIR = "refiner_tiny"
 TINY_REFINER_FILES = ("refiner_tiny_non_ema.pth", "refiner_tiny_open_clip.bin", "refiner_tiny_sd21.ckpt")
 TINY_REFINER_DIFFUSERS = "refiner_tiny_t2v_diffusers"
 EXAMPLE_INPUTS = REPO_ROOT / "workflows" / "inputs"
-# the trained toy model shipped in the repository (scripts/train_toy_model.sh writes it): the stream and base
-# files go into models/streamingt2v, the refiner files into its subfolder refiner_toy/
-TOY_MODEL_DIR = REPO_ROOT / "models" / "toy"
+# the trained toy model shipped in the repository's models/toy/ (scripts/train_toy_model.sh writes it): the stream
+# and base files go into models/streamingt2v, the refiner files into its subfolder refiner_toy/
 TOY_WEIGHTS = ("streamingt2v_toy.safetensors", "modelscope_t2v_toy.safetensors")
 TOY_REFINER_DIR = "refiner_toy"
 TOY_REFINER_FILES = ("refiner_toy_non_ema.pth", "refiner_toy_open_clip.bin", "refiner_toy_sd21.ckpt")
@@ -110,7 +110,7 @@ def seed_tiny_refiner(models_dir: pathlib.Path, python: str = sys.executable,
 def seed_toy_model(models_dir: pathlib.Path, source: pathlib.Path | None = None) -> list[pathlib.Path]:
     """Copy the shipped toy model (`models/toy/`) into a ComfyUI `models/streamingt2v` folder: the stream and
     base files at the top, the refiner files in `refiner_toy/`, as the shipped workflows name them. Files that
-    are already there with the same size are kept. Raises FileNotFoundError naming the missing files and the
+    are already there with the same bytes are kept (a retrained model can have the same sizes). Raises FileNotFoundError naming the missing files and the
     script that makes them."""
     source = pathlib.Path(source or pack_dir() / "models" / "toy")
     models_dir = pathlib.Path(models_dir)
@@ -123,7 +123,7 @@ def seed_toy_model(models_dir: pathlib.Path, source: pathlib.Path | None = None)
     written = []
     for src, dst in plan:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
+        if not (dst.is_file() and filecmp.cmp(src, dst, shallow=False)):
             shutil.copyfile(src, dst)
         written.append(dst)
     return written
