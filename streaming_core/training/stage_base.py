@@ -4,8 +4,6 @@ downloaded CLIP text tower instead, `--freeze-text`). Captions are replaced by "
 `text_dropout` for classifier-free guidance. The VAE is frozen (latents from a `LatentPool`)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..chunks import FRAMES_PER_CHUNK
@@ -15,10 +13,10 @@ from .cond_dropout import apply_text_dropout
 from .datasets import sample_window, step_generator, step_rng
 from .diffusion_loss import mse, noise_epsilon
 from .loop import TrainSettings
-from .stage_common import Models, encode_text, export_models, prepare
+from .stage_common import DiffusionStage, Models, encode_text, prepare
 
 
-class BaseStage:
+class BaseStage(DiffusionStage):
     name = "base"
 
     def __init__(self, models: Models, source, latents, settings: TrainSettings, device: torch.device,
@@ -38,12 +36,6 @@ class BaseStage:
         self.tokenizer = ClipTokenizer()
         self.schedule = DiffusionSchedule.scaled_linear()
 
-    def modules(self):
-        return dict(self._trainable)
-
-    def trainable(self):
-        return self._named
-
     def loss(self, step: int):
         rng = step_rng(self.settings.seed, step)
         gen = step_generator(self.settings.seed, step)
@@ -56,6 +48,3 @@ class BaseStage:
         noised = noise_epsilon(self.schedule, x0, gen)
         prediction = self.unet(noised.x_t, noised.t, context)
         return mse(prediction, noised.target), {}
-
-    def export(self, out_dir: Path, name: str, info: dict, dtype: torch.dtype = torch.float32):
-        return export_models(self.models, out_dir, name, info, dtype)

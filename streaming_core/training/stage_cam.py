@@ -5,8 +5,6 @@ encoder / APM to their neutral initial values (the start of StreamingT2V trainin
 with probability `text_dropout` so classifier-free guidance works."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..schedules import DiffusionSchedule
@@ -16,11 +14,11 @@ from .datasets import step_generator, step_rng
 from .diffusion_loss import mse, noise_epsilon
 from .init_weights import stream_from_base, zero_stream_additions
 from .loop import TrainSettings
-from .stage_common import Models, encode_text, export_models, prepare
+from .stage_common import DiffusionStage, Models, encode_text, prepare
 from .stage_stream import injectors, stream_batch, stream_forward
 
 
-class CamStage:
+class CamStage(DiffusionStage):
     name = "cam"
 
     def __init__(self, models: Models, source, latents, settings: TrainSettings, device: torch.device,
@@ -37,12 +35,6 @@ class CamStage:
         self.tokenizer = ClipTokenizer()
         self.schedule = DiffusionSchedule.scaled_linear()
 
-    def modules(self):
-        return dict(self._trainable)
-
-    def trainable(self):
-        return self._named
-
     def loss(self, step: int):
         rng = step_rng(self.settings.seed, step)
         gen = step_generator(self.settings.seed, step)
@@ -55,6 +47,3 @@ class CamStage:
         noised = noise_epsilon(self.schedule, batch.x0, gen)
         prediction = stream_forward(net, noised.x_t, noised.t, text, tokens, batch.cond)
         return mse(prediction, noised.target), {}
-
-    def export(self, out_dir: Path, name: str, info: dict, dtype: torch.dtype = torch.float32):
-        return export_models(self.models, out_dir, name, info, dtype)

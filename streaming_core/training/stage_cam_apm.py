@@ -8,8 +8,6 @@ image encoder is trained here (`train_image_encoder=False` freezes it for full-s
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..schedules import DiffusionSchedule
@@ -18,11 +16,11 @@ from .cond_dropout import ConditionDropout, apply_text_dropout
 from .datasets import step_generator, step_rng
 from .diffusion_loss import mse, noise_epsilon
 from .loop import TrainSettings
-from .stage_common import Models, encode_text, export_models, prepare
+from .stage_common import DiffusionStage, Models, encode_text, prepare
 from .stage_stream import stream_batch, stream_forward
 
 
-class CamApmStage:
+class CamApmStage(DiffusionStage):
     name = "cam_apm"
 
     def __init__(self, models: Models, source, latents, settings: TrainSettings, device: torch.device,
@@ -40,12 +38,6 @@ class CamApmStage:
         self.tokenizer = ClipTokenizer()
         self.schedule = DiffusionSchedule.scaled_linear()
 
-    def modules(self):
-        return dict(self._trainable)
-
-    def trainable(self):
-        return self._named
-
     def loss(self, step: int):
         rng = step_rng(self.settings.seed, step)
         gen = step_generator(self.settings.seed, step)
@@ -61,6 +53,3 @@ class CamApmStage:
         noised = noise_epsilon(self.schedule, batch.x0, gen)
         prediction = stream_forward(net, noised.x_t, noised.t, text, tokens, batch.cond)
         return mse(prediction, noised.target), {}
-
-    def export(self, out_dir: Path, name: str, info: dict, dtype: torch.dtype = torch.float32):
-        return export_models(self.models, out_dir, name, info, dtype)

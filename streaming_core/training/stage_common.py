@@ -55,3 +55,22 @@ def export_models(models: Models, out_dir: Path, name: str, info: dict,
     for module in (models.network, models.vanilla):
         module.to("cpu")
     return write_models(out_dir, name, models.cfg, models.network, models.vanilla, info, dtype)
+
+
+class DiffusionStage:
+    """The stage-protocol methods shared by the stages that train diffusion networks of the stream model
+    (`base`, `cam`, `cam_apm`): the subclass sets `models`, `_trainable` (name -> module) and `_named`
+    (`prepare`'s result) and writes the two model files on export."""
+
+    models: Models
+    _trainable: dict[str, nn.Module]
+    _named: dict[str, nn.Parameter]
+
+    def modules(self) -> dict[str, nn.Module]:
+        return dict(self._trainable)
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return self._named
+
+    def export(self, out_dir: Path, name: str, info: dict, dtype: torch.dtype = torch.float32):
+        return export_models(self.models, out_dir, name, info, dtype)
